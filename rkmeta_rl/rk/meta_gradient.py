@@ -1,0 +1,372 @@
+"""The Runge-Kutta meta-gradient (DESIGN.md section 1), on two execution paths that give the same numbers.
+
+For a tableau ``(a, p, q)`` with ``s`` stages and step ``h``, per task::
+
+    k_1 = grad_theta L_S(theta)                                   support loss at theta
+    theta_i = theta - h * sum_{j<i} q_ij k_j(theta)               i >= 2, k_j differentiated through
+    k_i = d/dtheta L_Q(theta_i(theta))                            query loss of stage i
+    g_task = sum_i a_i k_i
+
+and the meta-gradient is the mean of ``g_task`` over tasks. With two stages this is the paper's Algorithm 2
+(Im, Jiang and Verma, 2019): ``theta' = theta - alpha k_1`` with ``alpha = q21 h`` (repeated ``inner_steps``
+times), ``g = a1 k1 + a2 k2``; ``midpoint`` is MAML's meta-gradient (Finn et al., 2017) and ``euler`` the
+gradient of the support loss.
+
+Two paths:
+
+* ``"vmap"``: one ``torch.func.vmap`` over tasks of a nested ``torch.func.grad``: fastest for MLPs.
+* ``"loop"``: a plain per-task loop with ``torch.autograd.grad(create_graph=True)``: the reference path,
+  and the faster one for convolutional nets on CPU (vmap turns per-task convolutions into grouped ones).
+
+``path="auto"`` takes ``"loop"`` when a parameter is a convolution kernel (ndim >= 4) and ``"vmap"`` otherwise.
+
+Caution (functorch issue 534): PyTorch's fused batch-norm / layer-norm backward gives wrong second-order
+gradients under ``vmap``; models meant for the vmap path must write normalisation from plain mean/var ops.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+import torch
+from torch.func import grad, grad_and_value, vmap
+from torch.utils._pytree import tree_map
+
+from .tableau import Tableau, TableauSpec, get_tableau
+
+__all__ = ["PerStage", "meta_gradient", "adapt", "choose_path", "Params", "LossFn"]
+
+Params = dict[str, torch.Tensor]
+LossFn = Callable[[Mapping[str, torch.Tensor], Any], torch.Tensor]
+Path = Literal["auto", "vmap", "loop"]
+
+
+class PerStage(tuple):
+    """Per-stage task data for methods with more than two stages.
+
+    ``PerStage([d_1, ..., d_s])``: stage 1 computes ``support_loss(theta, d_1)`` and stage ``i >= 2`` computes
+    ``query_loss(theta_i, d_i)``, so no stage adapts on data that is then scored (DESIGN.md section 1).
+    Each ``d_i`` is a pytree whose leaves have the task index as leading dimension. A plain pytree (not
+    ``PerStage``) is shared by all stages, which is only allowed for one- and two-stage methods: there the
+    support loss reads the support part and the query loss the query part of the same pytree.
+    """
+
+
+@dataclass(frozen=True)
+class _Plan:
+    tab: Tableau
+    h: float
+    alpha: float
+    inner_steps: int
+    first_order: bool
+    per_stage: bool = False
+
+
+def choose_path(params: Mapping[str, torch.Tensor]) -> Literal["vmap", "loop"]:
+    """The execution path ``path="auto"`` takes for these parameters.
+
+    Measured on a 2-core CPU (``scripts/bench_meta_gradient.py``, ``scripts/bench_fewshot.py``): vmap is
+    several times faster than the loop for MLPs but about 2x slower for conv nets, whose per-task
+    convolutions vmap turns into grouped convolutions.
+    """
+    return "loop" if any(p.dim() >= 4 for p in params.values()) else "vmap"
+
+
+def _axpy(params: Mapping[str, torch.Tensor], direction: Mapping[str, torch.Tensor], scale: float) -> Params:
+    return {k: params[k] - scale * direction[k] for k in params}
+
+
+def adapt(
+    params: Mapping[str, torch.Tensor],
+    loss_fn: LossFn,
+    data: Any,
+    lr: float,
+    steps: int = 1,
+    *,
+    create_graph: bool = False,
+) -> Params:
+    """Inner (fast) adaptation of ONE task: ``steps`` plain gradient steps ``theta <- theta - lr grad L``.
+
+    Args:
+        params: ``{name: tensor}`` initial parameters.
+        loss_fn: ``loss_fn(params, data) -> scalar``.
+        data: one task's data (no task dimension).
+        lr: step size ``alpha``.
+        steps: number of steps.
+        create_graph: keep the graph so the result is differentiable w.r.t. ``params``.
+
+    Returns:
+        the adapted parameters (detached unless ``create_graph``).
+    """
+    cur: Params = {k: v if (create_graph and v.requires_grad) else v.detach().requires_grad_(True)
+                   for k, v in params.items()}
+    for _ in range(steps):
+        with torch.enable_grad():
+            loss = loss_fn(cur, data)
+            grads = torch.autograd.grad(loss, list(cur.values()), create_graph=create_graph)
+        cur = {k: v - lr * g for (k, v), g in zip(cur.items(), grads)}
+        if not create_graph:
+            cur = {k: v.detach().requires_grad_(True) for k, v in cur.items()}
+    return {k: v if create_graph else v.detach() for k, v in cur.items()}
+
+
+def _validate(
+    params: Mapping[str, torch.Tensor], method: TableauSpec, inner_lr: float, inner_steps: int, step_rule: str,
+    task_data: Any,
+) -> _Plan:
+    tab = get_tableau(method)
+    if not isinstance(params, Mapping) or not params:
+        raise ValueError("params must be a non-empty dict of tensors")
+    if not (isinstance(inner_lr, (int, float)) and math.isfinite(inner_lr) and inner_lr > 0):
+        raise ValueError(f"inner_lr must be a finite number > 0, got {inner_lr!r}")
+    if not isinstance(inner_steps, int) or inner_steps < 1:
+        raise ValueError(f"inner_steps must be an integer >= 1, got {inner_steps!r}")
+    if step_rule not in ("tableau", "fixed"):
+        raise ValueError(f"step_rule must be 'tableau' or 'fixed', got {step_rule!r}")
+    if tab.stages > 2 and inner_steps != 1:
+        raise ValueError(f"inner_steps > 1 is defined for one- and two-stage methods only; {tab.name} has "
+                         f"{tab.stages} stages")
+    if isinstance(task_data, PerStage):
+        if len(task_data) != tab.stages:
+            raise ValueError(f"PerStage data must hold one pytree per stage: {tab.name} has {tab.stages} "
+                             f"stages, got {len(task_data)}")
+    elif tab.stages > 2:
+        raise ValueError(f"{tab.name} has {tab.stages} stages: pass rk.PerStage([d_1, ..., d_{tab.stages}]) so "
+                         f"that later stages are scored on data they did not adapt on")
+    h = tab.step_size(float(inner_lr), step_rule)
+    return _Plan(tab=tab, h=h, alpha=tab.inner_lr(float(inner_lr), step_rule), inner_steps=inner_steps,
+                 first_order=False)
+
+
+def _stage_data(plan: _Plan, data: Any, i: int) -> Any:
+    """Stage ``i``'s data (0-based); ``data`` is a plain tuple of per-stage pytrees when ``plan.per_stage``."""
+    return data[i] if plan.per_stage else data
+
+
+def _query_data(plan: _Plan, data: Any) -> Any:
+    """The data diagnostics score the query loss on: stage 2's (or the shared pytree)."""
+    return data[1] if plan.per_stage and len(data) > 1 else (data[0] if plan.per_stage else data)
+
+
+def _num_tasks(task_data: Any) -> int:
+    leaves = torch.utils._pytree.tree_leaves(tuple(task_data) if isinstance(task_data, PerStage) else task_data)
+    if not leaves:
+        raise ValueError("task_data has no tensors")
+    n = leaves[0].shape[0]
+    for leaf in leaves:
+        if not isinstance(leaf, torch.Tensor) or leaf.dim() == 0 or leaf.shape[0] != n:
+            raise ValueError("every leaf of task_data must be a tensor whose leading dimension indexes tasks "
+                             f"(expected {n} tasks)")
+    if n == 0:
+        raise ValueError("task_data holds zero tasks")
+    return n
+
+
+# --------------------------------------------------------------------------------------------------
+# vectorised path: torch.func
+# --------------------------------------------------------------------------------------------------
+
+
+def _func_stages(
+    plan: _Plan, support_loss: LossFn, query_loss: LossFn, data: Any, m: int, theta: Params
+) -> tuple[list[Params], list[torch.Tensor]]:
+    """``[k_1, ..., k_m]`` and the stage losses, each a differentiable function of ``theta`` (torch.func)."""
+    d0 = _stage_data(plan, data, 0)
+    if m == 1:
+        k1, l1 = grad_and_value(support_loss)(theta, d0)
+        return [k1], [l1]
+
+    def stage_loss(t: Params) -> tuple[torch.Tensor, tuple[list[Params], list[torch.Tensor]]]:
+        ks, losses = _func_stages(plan, support_loss, query_loss, data, m - 1, t)
+        dirs = [{k: v.detach() for k, v in kj.items()} if plan.first_order else kj for kj in ks]
+        if m == 2:
+            cur = _axpy(t, dirs[0], plan.alpha)
+            for _ in range(plan.inner_steps - 1):
+                gk = grad(support_loss)(cur, d0)
+                if plan.first_order:
+                    gk = {k: v.detach() for k, v in gk.items()}
+                cur = _axpy(cur, gk, plan.alpha)
+        else:
+            row = plan.tab.q[m - 1]
+            cur = dict(t)
+            for j in range(m - 1):
+                if row[j] != 0.0:
+                    cur = _axpy(cur, dirs[j], plan.h * row[j])
+        lm = query_loss(cur, _stage_data(plan, data, m - 1))
+        return lm, (ks, losses)
+
+    km, (ks, losses) = grad(stage_loss, has_aux=True)(theta)
+    # the loss value of stage m is recomputed cheaply below by the caller when needed for stats
+    return ks + [km], losses
+
+
+def _vmap_task(plan: _Plan, support_loss: LossFn, query_loss: LossFn, stats: bool):
+    s = plan.tab.stages
+
+    def per_task(theta: Params, data: Any) -> tuple[Params, dict[str, torch.Tensor]]:
+        if s == 1:
+            ks, losses = _func_stages(plan, support_loss, query_loss, data, 1, theta)
+        else:
+            ks, losses = _func_stages(plan, support_loss, query_loss, data, s, theta)
+        g = {k: sum(plan.tab.a[i] * ks[i][k] for i in range(s) if plan.tab.a[i] != 0.0) for k in theta}
+        g = {k: (v if isinstance(v, torch.Tensor) else torch.zeros_like(theta[k])) for k, v in g.items()}
+        out: dict[str, torch.Tensor] = {"support_pre": losses[0]}
+        if stats:
+            out.update(_func_stats(plan, support_loss, query_loss, data, theta, ks[0]))
+        return g, out
+
+    return per_task
+
+
+def _func_stats(plan: _Plan, support_loss: LossFn, query_loss: LossFn, data: Any, theta: Params,
+                k1: Params) -> dict[str, torch.Tensor]:
+    """Forward-only diagnostics: query loss before, support and query loss after adaptation."""
+    d0, dq = _stage_data(plan, data, 0), _query_data(plan, data)
+    th = {k: v.detach() for k, v in theta.items()}
+    cur = _axpy(th, {k: v.detach() for k, v in k1.items()}, plan.alpha)
+    for _ in range(plan.inner_steps - 1):
+        cur = _axpy(cur, {k: v.detach() for k, v in grad(support_loss)(cur, d0).items()}, plan.alpha)
+    return {
+        "query_pre": query_loss(th, dq).detach(),
+        "support_post": support_loss(cur, d0).detach(),
+        "query_post": query_loss(cur, dq).detach(),
+    }
+
+
+def _meta_gradient_vmap(plan: _Plan, params: Params, support_loss: LossFn, query_loss: LossFn, task_data: Any,
+                        stats: bool, chunk_size: int | None) -> tuple[Params, dict[str, torch.Tensor]]:
+    theta = {k: v.detach() for k, v in params.items()}
+    fn = vmap(_vmap_task(plan, support_loss, query_loss, stats), in_dims=(None, 0), chunk_size=chunk_size)
+    g, st = fn(theta, task_data)
+    return {k: v.mean(0) for k, v in g.items()}, {k: v.detach() for k, v in st.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# reference path: per-task loop with torch.autograd
+# --------------------------------------------------------------------------------------------------
+
+
+def _index(task_data: Any, t: int) -> Any:
+    return tree_map(lambda x: x[t], task_data)
+
+
+def _loop_task(plan: _Plan, theta: Params, support_loss: LossFn, query_loss: LossFn, data: Any,
+               stats: bool) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    tab, s = plan.tab, plan.tab.stages
+    names = list(theta)
+    leaves = [theta[k] for k in names]
+    d0 = _stage_data(plan, data, 0)
+    l1 = support_loss(theta, d0)
+    # k1 keeps its graph when a later stage differentiates through it
+    need_graph_1 = s > 1 and not plan.first_order
+    k1 = list(torch.autograd.grad(l1, leaves, create_graph=need_graph_1))
+    ks: list[list[torch.Tensor]] = [k1]
+    out: dict[str, torch.Tensor] = {"support_pre": l1.detach()}
+    for m in range(2, s + 1):
+        dirs = [[g.detach() for g in kj] if plan.first_order else kj for kj in ks]
+        if m == 2:
+            cur = [w - plan.alpha * g for w, g in zip(leaves, dirs[0])]
+            for _ in range(plan.inner_steps - 1):
+                lk = support_loss(dict(zip(names, cur)), d0)
+                gk = torch.autograd.grad(lk, cur, create_graph=not plan.first_order)
+                cur = [w - plan.alpha * g for w, g in zip(cur, gk)]
+        else:
+            row = tab.q[m - 1]
+            cur = list(leaves)
+            for j in range(m - 1):
+                if row[j] != 0.0:
+                    cur = [w - plan.h * row[j] * g for w, g in zip(cur, dirs[j])]
+        lm = query_loss(dict(zip(names, cur)), _stage_data(plan, data, m - 1))
+        km = torch.autograd.grad(lm, leaves, create_graph=(m < s and not plan.first_order), allow_unused=True)
+        ks.append([torch.zeros_like(w) if g is None else g for w, g in zip(leaves, km)])
+    g_task = [sum(tab.a[i] * ks[i][n].detach() for i in range(s) if tab.a[i] != 0.0) for n in range(len(names))]
+    g_task = [v if isinstance(v, torch.Tensor) else torch.zeros_like(leaves[n]) for n, v in enumerate(g_task)]
+    if stats:
+        with torch.no_grad():
+            th = {k: v.detach() for k, v in theta.items()}
+            dq = _query_data(plan, data)
+            cur_p = {k: th[k] - plan.alpha * g.detach() for k, g in zip(names, k1)}
+        for _ in range(plan.inner_steps - 1):
+            cur_p = adapt(cur_p, support_loss, d0, plan.alpha, 1)
+        with torch.no_grad():
+            out["query_pre"] = query_loss(th, dq)
+            out["support_post"] = support_loss(cur_p, d0)
+            out["query_post"] = query_loss(cur_p, dq)
+    return g_task, out
+
+
+def _meta_gradient_loop(plan: _Plan, params: Params, support_loss: LossFn, query_loss: LossFn, task_data: Any,
+                        n_tasks: int, stats: bool) -> tuple[Params, dict[str, torch.Tensor]]:
+    theta = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    total: list[torch.Tensor] | None = None
+    st: dict[str, list[torch.Tensor]] = {}
+    for t in range(n_tasks):
+        g, out = _loop_task(plan, theta, support_loss, query_loss, _index(task_data, t), stats)
+        total = g if total is None else [a + b for a, b in zip(total, g)]
+        for k, v in out.items():
+            st.setdefault(k, []).append(v.detach())
+    assert total is not None
+    return ({k: v / n_tasks for k, v in zip(theta, total)}, {k: torch.stack(v) for k, v in st.items()})
+
+
+# --------------------------------------------------------------------------------------------------
+# public entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def meta_gradient(
+    params: Mapping[str, torch.Tensor],
+    support_loss: LossFn,
+    query_loss: LossFn,
+    task_data: Any,
+    method: TableauSpec = "midpoint",
+    inner_lr: float = 0.01,
+    inner_steps: int = 1,
+    step_rule: str = "tableau",
+    first_order: bool = False,
+    *,
+    path: Path = "auto",
+    stats: bool = True,
+    chunk_size: int | None = None,
+) -> tuple[Params, dict[str, float]]:
+    """The RK meta-gradient averaged over a batch of tasks.
+
+    Args:
+        params: ``{name: tensor}`` meta-parameters theta (not modified).
+        support_loss: ``support_loss(params, data) -> scalar`` for ONE task (stage 1).
+        query_loss: ``query_loss(params, data) -> scalar`` for ONE task (stages >= 2).
+        task_data: a pytree of tensors of shape ``[n_tasks, ...]``, shared by every stage, or a
+            :class:`PerStage` of one such pytree per stage (required for more than two stages).
+        method: a tableau name, a number x (generic second order) or a :class:`Tableau`.
+        inner_lr: MAML's alpha. Under ``step_rule="tableau"`` a method adapts with ``2 q21 inner_lr``
+            (``midpoint``: exactly ``inner_lr``); under ``"fixed"`` every method adapts with ``inner_lr``.
+        inner_steps: inner gradient steps (two-stage methods; each step on the support data).
+        step_rule: ``"tableau"`` (the paper's Algorithm 2) or ``"fixed"``.
+        first_order: drop the second-order terms (FOMAML-style): adaptation directions are constants.
+        path: ``"vmap"``, ``"loop"`` or ``"auto"`` (see :func:`choose_path`).
+        stats: also compute forward-only diagnostics (query loss before, losses after adaptation).
+        chunk_size: optional vmap chunk size (memory bound on large meta-batches).
+
+    Returns:
+        ``(grads, stats)``: ``grads`` is a dict like ``params`` with the mean meta-gradient (detached);
+        ``stats`` holds floats ``support_loss_pre``, ``query_loss_pre``, ``support_loss_post``,
+        ``query_loss_post`` (means over tasks; post = after the method's inner adaptation) and ``num_tasks``.
+    """
+    plan = _validate(params, method, inner_lr, inner_steps, step_rule, task_data)
+    per_stage = isinstance(task_data, PerStage)
+    plan = _Plan(plan.tab, plan.h, plan.alpha, plan.inner_steps, bool(first_order), per_stage)
+    n = _num_tasks(task_data)
+    if per_stage:
+        task_data = tuple(task_data)  # a plain tuple, so that vmap and tree_map see the per-stage pytrees
+    chosen = choose_path(params) if path == "auto" else path
+    if chosen == "vmap":
+        grads, st = _meta_gradient_vmap(plan, dict(params), support_loss, query_loss, task_data, stats, chunk_size)
+    elif chosen == "loop":
+        grads, st = _meta_gradient_loop(plan, dict(params), support_loss, query_loss, task_data, n, stats)
+    else:
+        raise ValueError(f"path must be 'auto', 'vmap' or 'loop', got {path!r}")
+    out = {f"{k.split('_')[0]}_loss_{k.split('_')[1]}": float(v.mean()) for k, v in st.items()}
+    out["num_tasks"] = float(n)
+    return grads, out

@@ -1,0 +1,1 @@
+"""Supervised few-shot benchmarks on the RK engine: sinusoid regression, Omniglot, MiniImagenet."""
