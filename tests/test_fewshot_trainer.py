@@ -1,0 +1,66 @@
+"""``scripts/train_fewshot.py`` end to end: real Omniglot, a synthetic MiniImagenet, the time budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import OMNIGLOT_ROOT
+from test_miniimagenet import _make_pickle_form
+
+from rkmeta_rl.logger import read_scalars
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "train_fewshot.py")
+
+
+def run(args: list[str], timeout: int = 600) -> dict:
+    proc = subprocess.run([sys.executable, SCRIPT, "--no-progress", *args], capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not os.path.isdir(OMNIGLOT_ROOT), reason="real Omniglot not found")
+def test_omniglot_end_to_end(tmp_path) -> None:
+    m = run(["--dataset", "omniglot", "--ways", "5", "--shots", "1", "--method", "ralston", "--data-root",
+             OMNIGLOT_ROOT, "--iterations", "4", "--meta-batch-size", "2", "--eval-interval", "2",
+             "--log-interval", "2", "--eval-tasks", "10", "--logdir", str(tmp_path)])
+    for key in ("dataset", "ways", "shots", "method", "iterations", "accuracy", "accuracy_ci95", "seconds"):
+        assert key in m, key
+    assert m["dataset"] == "omniglot" and m["iterations"] == 4 and m["adapt_lr"] == pytest.approx(0.6)
+    assert 0.0 <= m["accuracy"] <= 1.0 and len(m["accuracy_per_step"]) == 4  # 0..3 test steps
+    scalars = read_scalars(str(tmp_path))
+    assert {"train/query_loss_post", "eval/acc_1_step", "eval/acc_3_steps", "test/acc_3_steps"} <= set(scalars)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    acc.Reload()
+    assert "eval/figure" in acc.Tags()["images"]  # the episode image grid
+    assert os.path.isfile(tmp_path / "episode.png")
+
+
+def test_miniimagenet_pickle_form_and_time_budget(tmp_path) -> None:
+    data = tmp_path / "mini"
+    _make_pickle_form(data, val_name="validation")
+    m = run(["--dataset", "miniimagenet", "--ways", "2", "--shots", "1", "--queries", "2", "--method", "heun",
+             "--data-root", str(data), "--cache-dir", str(tmp_path / "cache"), "--iterations", "1000",
+             "--time-budget", "0.001", "--eval-tasks", "4", "--eval-interval", "0", "--logdir", str(tmp_path / "run")])
+    assert m["stopped_by_time_budget"] is True and 1 <= m["iterations"] < 1000
+    assert m["dataset"] == "miniimagenet" and m["pool"] == "max" and m["filters"] == 32
+    assert m["test_inner_steps"] == 10 and m["meta_batch_size"] == 4 and m["inner_lr"] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("flags,msg", [
+    (["--dataset", "miniimagenet"], "--data-root is required"),
+    (["--data-root", "/nonexistent/omniglot"], "/nonexistent/omniglot"),
+    (["--data-root", OMNIGLOT_ROOT, "--method", "rk4"], "one- and two-stage"),
+    (["--data-root", OMNIGLOT_ROOT, "--ways", "0"], "ways"),
+])
+def test_bad_input_fails_with_message(tmp_path, flags, msg) -> None:
+    proc = subprocess.run([sys.executable, SCRIPT, "--no-progress", "--iterations", "1", "--logdir", str(tmp_path),
+                           *flags], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and msg in proc.stderr, proc.stderr[-2000:]
