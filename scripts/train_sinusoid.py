@@ -17,6 +17,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 from rkmeta_rl.rk import TABLEAU_NAMES
 from rkmeta_rl.supervised.sinusoid_problem import SinusoidProblem
 from rkmeta_rl.supervised.trainer import MetaTrainConfig, MetaTrainer
@@ -72,11 +74,16 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.learn(progress_bar=not args.no_progress)
     res = trainer.final_evaluation()["mse"]
     steps = len(res["mean"]) - 1
+    per_task = trainer.last_eval["mse"]  # [tasks, steps + 1]
+    # adapting with a large alpha for more steps than trained can diverge on some tasks; say how often
+    diverged = [float(((~np.isfinite(per_task[:, s])) | (per_task[:, s] > 1e3)).mean()) for s in range(steps + 1)]
     metrics = trainer.write_metrics({
         "mse_0_steps": res["mean"][0], "mse_0_steps_ci95": res["ci95"][0],
         "mse_1_step": res["mean"][1], "mse_1_step_ci95": res["ci95"][1],
         f"mse_{steps}_steps": res["mean"][steps], f"mse_{steps}_steps_ci95": res["ci95"][steps],
         "mse_per_step": res["mean"], "eval_tasks": cfg.final_eval_tasks,
+        f"mse_{steps}_steps_median": float(np.median(per_task[:, steps])),
+        "diverged_fraction_per_step": diverged,
         "wall_seconds_this_process": round(time.perf_counter() - t0, 2),
     })
     fig = trainer.problem.figure(trainer.params, cfg.adapt_lr, cfg.test_inner_steps,

@@ -322,9 +322,12 @@ class MetaTrainer:
         return self
 
     def final_evaluation(self) -> dict[str, Any]:
-        """Evaluate on ``final_eval_tasks`` fresh test tasks; returns per-step means and 95% CIs."""
+        """Evaluate on ``final_eval_tasks`` fresh test tasks; returns per-step means and 95% CIs.
+
+        The per-task values (``{metric: [tasks, steps + 1]}``) are kept in ``self.last_eval``."""
         c = self.config
         res = self.evaluate(c.final_eval_tasks, seed=c.seed + 30_000, split="test")
+        self.last_eval = res
         out: dict[str, Any] = {}
         for key, arr in res.items():
             means, cis = zip(*(mean_ci95(arr[:, s]) for s in range(arr.shape[1])))

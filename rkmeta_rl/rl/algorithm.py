@@ -1,0 +1,295 @@
+"""``MetaTRPO``: RK-weighted MAML-TRPO with a Stable-Baselines3-style API (DESIGN.md section 2).
+
+Example::
+
+    from rkmeta_rl import MetaTRPO
+    model = MetaTRPO("MlpPolicy", "rkmeta/Navigation2D-v0", method="ralston", tensorboard_log="runs")
+    model.learn(100, progress_bar=True)
+    adapted = model.adapt(task, num_steps=1)
+    action, _ = model.predict(obs, params=adapted)
+
+Defaults are the seed paper's 2D-navigation setting (Im et al., 2019; Finn et al., 2017): 2x100 ReLU policy,
+inner learning rate 0.16 (MAML's alpha; ``step_rule="tableau"`` makes ``midpoint`` adapt with exactly 0.16),
+40 tasks x 20 trajectories, horizon 100. The widely used reference implementation's setting is
+``MetaTRPO(..., meta_batch_size=20, inner_lr=0.1, policy_kwargs={"hidden_sizes": (64, 64), "activation": "tanh"})``
+(:data:`REFERENCE_NAV_KWARGS`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Mapping
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.utils import configure_logger
+
+from .. import envs as _envs  # noqa: F401  (registers the built-in task families)
+from ..rk import TableauSpec, get_tableau
+from .baseline import LinearFeatureBaseline
+from .episodes import Episodes
+from .meta_trpo import MetaTRPOStep
+from .policy import GaussianMLPPolicy, Params
+from .sampler import Sampler, make_sampler
+
+__all__ = ["MetaTRPO", "REFERENCE_NAV_KWARGS"]
+
+#: The reference MAML-RL implementation's 2D-navigation setting (one dict away from the default).
+REFERENCE_NAV_KWARGS: dict[str, Any] = {
+    "meta_batch_size": 20, "fast_batch_size": 20, "inner_lr": 0.1,
+    "policy_kwargs": {"hidden_sizes": (64, 64), "activation": "tanh"},
+}
+
+Callback = Callable[["MetaTRPO", dict[str, float]], Any]
+
+
+class MetaTRPO:
+    """Meta-train a Gaussian MLP policy on a task family with RK-weighted MAML-TRPO.
+
+    Args:
+        policy: only ``"MlpPolicy"`` (a :class:`~rkmeta_rl.rl.policy.GaussianMLPPolicy`).
+        env: a registered task-family id or an env instance. Families with a batched twin (2D navigation) are
+            sampled with it; any other goes through the generic Gymnasium sampler.
+        method: RK tableau (one or two stages): ``euler``, ``midpoint`` (MAML), ``heun``, ``ralston``, ``itb``,
+            ``generic(x)`` or a number.
+        meta_batch_size: tasks per meta-iteration.
+        fast_batch_size: trajectories per task for each of D0 and D1.
+        inner_lr: MAML's inner learning rate (0.16: the seed paper's navigation setting). The method adapts
+            with ``tableau.inner_lr(inner_lr, step_rule)``.
+        inner_steps: inner gradient steps (each on freshly sampled episodes).
+        step_rule: ``"tableau"`` or ``"fixed"``.
+        max_kl, cg_iters, cg_damping, ls_backtrack_ratio, ls_max_steps: TRPO settings (Schulman et al., 2015).
+        gamma, gae_lambda: discount and GAE lambda.
+        first_order: drop second-order terms through the inner step.
+        seed: seeds task sampling, policy initialisation and action noise.
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``...
+        tensorboard_log: folder for TensorBoard runs (``MetaTRPO_<n>`` inside), or None.
+        policy_kwargs: ``hidden_sizes``, ``activation``, ``init_log_std``.
+        verbose: 1 also logs to stdout.
+        horizon: episode horizon (default: the env's ``max_episode_steps``).
+        fvp_subsample: fraction of steps for the Fisher-vector product (1.0 exact; see
+            :class:`~rkmeta_rl.rl.meta_trpo.MetaTRPOStep`).
+        normalize_advantages: standardise advantages per task (the reference code does).
+    """
+
+    def __init__(
+        self,
+        policy: str = "MlpPolicy",
+        env: str | gym.Env = "rkmeta/Navigation2D-v0",
+        method: TableauSpec = "ralston",
+        meta_batch_size: int = 40,
+        fast_batch_size: int = 20,
+        inner_lr: float = 0.16,
+        inner_steps: int = 1,
+        step_rule: str = "tableau",
+        max_kl: float = 0.01,
+        cg_iters: int = 10,
+        cg_damping: float = 1e-5,
+        ls_backtrack_ratio: float = 0.8,
+        ls_max_steps: int = 15,
+        gamma: float = 0.99,
+        gae_lambda: float = 1.0,
+        first_order: bool = False,
+        seed: int = 0,
+        device: str | torch.device = "auto",
+        tensorboard_log: str | None = None,
+        policy_kwargs: Mapping[str, Any] | None = None,
+        verbose: int = 0,
+        horizon: int | None = None,
+        fvp_subsample: float = 1.0,
+        normalize_advantages: bool = True,
+    ) -> None:
+        if policy != "MlpPolicy":
+            raise ValueError(f"only 'MlpPolicy' is supported, got {policy!r}")
+        self.env_id = env if isinstance(env, str) else (env.spec.id if env.spec is not None else None)
+        self.env = gym.make(env, disable_env_checker=True) if isinstance(env, str) else env
+        self.method = get_tableau(method).name if not isinstance(method, (int, float)) else method
+        self.tableau = get_tableau(method)
+        self.meta_batch_size = int(meta_batch_size)
+        self.fast_batch_size = int(fast_batch_size)
+        self.inner_lr = float(inner_lr)
+        self.inner_steps = int(inner_steps)
+        self.step_rule = step_rule
+        self.gamma, self.gae_lambda = float(gamma), float(gae_lambda)
+        self.first_order = bool(first_order)
+        self.seed = int(seed)
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if device == "auto" else device))
+        self.tensorboard_log = tensorboard_log
+        self.policy_kwargs = dict(policy_kwargs or {})
+        self.verbose = int(verbose)
+        self.normalize_advantages = bool(normalize_advantages)
+        self._trpo_kwargs = {"max_kl": max_kl, "cg_iters": cg_iters, "cg_damping": cg_damping,
+                             "ls_backtrack_ratio": ls_backtrack_ratio, "ls_max_steps": ls_max_steps,
+                             "fvp_subsample": fvp_subsample}
+        self._init_kwargs: dict[str, Any] = {
+            "method": self.method, "meta_batch_size": self.meta_batch_size, "fast_batch_size": self.fast_batch_size,
+            "inner_lr": self.inner_lr, "inner_steps": self.inner_steps, "step_rule": step_rule,
+            "gamma": self.gamma, "gae_lambda": self.gae_lambda, "first_order": self.first_order, "seed": self.seed,
+            "policy_kwargs": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.policy_kwargs.items()},
+            "verbose": self.verbose, "horizon": horizon, "normalize_advantages": self.normalize_advantages,
+            **self._trpo_kwargs,
+        }
+
+        obs_dim = int(np.prod(self.env.observation_space.shape))
+        act_dim = int(np.prod(self.env.action_space.shape))
+        self.generator = torch.Generator(device="cpu").manual_seed(self.seed)
+        self.rng = np.random.default_rng(self.seed)
+        self.policy = GaussianMLPPolicy(obs_dim, act_dim, generator=self.generator, device=self.device,
+                                        **self.policy_kwargs)
+        self.sampler: Sampler = make_sampler(self.env if self.env_id is None else self.env_id, self.policy,
+                                             horizon=horizon, device=self.device, seed=self.seed)
+        self.meta_step = MetaTRPOStep(self.policy, self.tableau, inner_lr=self.inner_lr, inner_steps=self.inner_steps,
+                                      step_rule=step_rule, first_order=self.first_order, **self._trpo_kwargs)
+        self.baseline = LinearFeatureBaseline()
+        self.num_iterations = 0
+        self.num_timesteps = 0
+        self._logger: Logger | None = None
+
+    # ---- properties ---------------------------------------------------------------------------------
+    @property
+    def alpha(self) -> float:
+        """The method's inner (test-time) learning rate."""
+        return self.meta_step.alpha
+
+    @property
+    def logger(self) -> Logger:
+        if self._logger is None:
+            self._logger = configure_logger(self.verbose, self.tensorboard_log, "MetaTRPO")
+        return self._logger
+
+    def set_logger(self, logger: Logger) -> None:
+        self._logger = logger
+
+    # ---- training -------------------------------------------------------------------------------------
+    def _sample(self, tasks: list[Any], params: Mapping[str, torch.Tensor]) -> Episodes:
+        eps = self.sampler.sample(tasks, params, self.fast_batch_size, self.generator)
+        return eps.compute_advantages(self.baseline, self.gamma, self.gae_lambda, self.normalize_advantages)
+
+    def train_iteration(self) -> dict[str, float]:
+        """One meta-iteration: sample tasks, D0, adapt, D1, TRPO meta-update. Returns its statistics."""
+        t0 = time.perf_counter()
+        tasks = self.sampler.sample_tasks(self.meta_batch_size, self.rng)
+        params = self.policy.params()
+        d0 = self._sample(tasks, params)
+        train = [d0.flat()]
+        steps = d0.num_steps
+        stats: dict[str, float] = {"rollout/pre_return": float(d0.episode_returns().mean())}
+        valid = None
+        if self.meta_step.adapts:
+            adapted = self.meta_step.adapt(params, train)
+            for _ in range(self.inner_steps - 1):
+                dk = self._sample(tasks, adapted)
+                steps += dk.num_steps
+                train.append(dk.flat())
+                adapted = self.meta_step.adapt(adapted, train[-1:])
+            d1 = self._sample(tasks, adapted)
+            steps += d1.num_steps
+            valid = d1.flat()
+            stats["rollout/post_return"] = float(d1.episode_returns().mean())
+            stats["rollout/post_ep_len"] = float(d1.lengths().mean())
+        stats["rollout/pre_ep_len"] = float(d0.lengths().mean())
+        t1 = time.perf_counter()
+        trpo = self.meta_step.step(params, train, valid)
+        t2 = time.perf_counter()
+        self.num_iterations += 1
+        self.num_timesteps += steps
+        stats.update({
+            "train/kl": trpo["kl"], "train/surrogate_improvement": trpo["improvement"],
+            "train/surrogate_before": trpo["loss_before"], "train/ls_steps": trpo["ls_steps"],
+            "train/step_accepted": trpo["accepted"], "train/step_frac": trpo["step_frac"],
+            "train/cg_residual": trpo["cg_residual"], "train/grad_norm": trpo["grad_norm"],
+            "train/log_std": float(self.policy.log_std.detach().mean()),
+            "time/iteration": float(self.num_iterations), "time/total_env_steps": float(self.num_timesteps),
+            "time/sample_seconds": t1 - t0, "time/update_seconds": t2 - t1, "time/iteration_seconds": t2 - t0,
+        })
+        return stats
+
+    def learn(self, total_iterations: int, callback: Callback | None = None, progress_bar: bool = False
+              ) -> "MetaTRPO":
+        """Run ``total_iterations`` meta-iterations.
+
+        Args:
+            total_iterations: meta-iterations to run.
+            callback: ``callback(model, stats) -> bool | None`` after each iteration; ``False`` stops training.
+            progress_bar: show a tqdm bar.
+        """
+        iterator: Any = range(int(total_iterations))
+        if progress_bar:
+            from tqdm.auto import tqdm
+            iterator = tqdm(iterator, desc=f"MetaTRPO[{self.tableau.name}]")
+        for _ in iterator:
+            stats = self.train_iteration()
+            for k, v in stats.items():
+                self.logger.record(k, v)
+            self.logger.dump(step=self.num_iterations)
+            if progress_bar:
+                iterator.set_postfix(pre=f"{stats['rollout/pre_return']:.1f}",
+                                     post=f"{stats.get('rollout/post_return', float('nan')):.1f}")
+            if callback is not None and callback(self, stats) is False:
+                break
+        return self
+
+    # ---- adaptation and acting --------------------------------------------------------------------------
+    def adapt(self, task: Any, num_steps: int = 1, num_traj: int | None = None) -> Params:
+        """Adapt to one task with the method's inner learning rate, sampling fresh episodes for every step.
+
+        Returns:
+            adapted parameters (shared layout, detached); ``num_steps=0`` returns a copy of the meta-parameters.
+        """
+        params: Params = {k: v.detach().clone() for k, v in self.policy.params().items()}
+        n = self.fast_batch_size if num_traj is None else int(num_traj)
+        for _ in range(int(num_steps)):
+            eps = self.sampler.sample([task], params, n, self.generator)
+            eps.compute_advantages(self.baseline, self.gamma, self.gae_lambda, self.normalize_advantages)
+            adapted = self.meta_step.adapt(params, [eps.flat()])
+            params = {k: v[0] for k, v in adapted.items()}
+        return params
+
+    def predict(self, observation: np.ndarray, params: Mapping[str, torch.Tensor] | None = None,
+                deterministic: bool = True) -> tuple[np.ndarray, None]:
+        """Action(s) for ``observation`` (``[obs_dim]`` or ``[n, obs_dim]``), clipped to the action space.
+
+        Returns ``(actions, None)`` like Stable-Baselines3's ``predict``.
+        """
+        p = self.policy.params() if params is None else params
+        obs = torch.as_tensor(np.asarray(observation), dtype=self.policy.log_std.dtype, device=self.device)
+        act, _ = self.policy.sample(p, obs, generator=self.generator, deterministic=deterministic)
+        space = self.env.action_space
+        out = act.cpu().numpy()
+        if isinstance(space, gym.spaces.Box):
+            out = np.clip(out, space.low, space.high)
+        return out, None
+
+    # ---- persistence ------------------------------------------------------------------------------------
+    def save(self, path: str) -> None:
+        """Save configuration, policy parameters and counters (``torch.save``; loadable with weights_only)."""
+        torch.save({
+            "format": "rkmeta_rl.MetaTRPO/1",
+            "env_id": self.env_id,
+            "kwargs": self._init_kwargs,
+            "policy_config": self.policy.config(),
+            "params": {k: v.detach().cpu() for k, v in self.policy.params().items()},
+            "num_iterations": self.num_iterations,
+            "num_timesteps": self.num_timesteps,
+        }, path)
+
+    @classmethod
+    def load(cls, path: str, env: str | gym.Env | None = None, device: str | torch.device = "auto",
+             **overrides: Any) -> "MetaTRPO":
+        """Rebuild a model saved by :meth:`save` (``env`` overrides the saved id)."""
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        kwargs = dict(ckpt["kwargs"])
+        kwargs.update(overrides)
+        env_ = env if env is not None else ckpt["env_id"]
+        if env_ is None:
+            raise ValueError("the model was trained on an unregistered env instance: pass env=")
+        model = cls("MlpPolicy", env_, device=device, **kwargs)
+        with torch.no_grad():
+            for k, v in model.policy.params().items():
+                v.copy_(ckpt["params"][k])
+        model.num_iterations = int(ckpt["num_iterations"])
+        model.num_timesteps = int(ckpt["num_timesteps"])
+        return model

@@ -1,0 +1,323 @@
+"""MAML-TRPO with Runge-Kutta weighted objectives (DESIGN.md section 2).
+
+Per task ``T`` of the meta-batch (Finn et al., 2017, MAML; Im, Jiang and Verma, 2019, MAML-RK; Schulman et al.,
+2015, TRPO)::
+
+    L_S(theta; D)  = -mean_{live steps of D} log pi_theta(a|s) * A                  REINFORCE inner loss
+    theta'         = theta - alpha grad L_S(theta; D0)                              alpha = tableau.inner_lr(...)
+                     (repeated inner_steps times, step k on fresh episodes D0^(k) sampled with theta'_k)
+    surr(pi; D)    = -mean_{live steps of D} pi(a|s) / pi_old(a|s) * A
+    J(theta)       = mean_T [ a1 surr(pi_theta; D0) + a2 surr(pi_theta'(theta); D1) ]
+    KL(theta)      = mean_T [ a1 KL(pi_theta_old || pi_theta; D0) + a2 KL(pi_theta'_old || pi_theta'(theta); D1) ]
+
+``theta'(theta)`` is differentiated through (``create_graph``), so the gradient of ``J`` and the Fisher-vector
+product (the Hessian-vector product of ``KL`` at ``theta_old``) include the inner step's second-order terms;
+``first_order=True`` treats the inner gradients as constants. A one-stage tableau (``euler``) has ``a = (1,)``:
+``J`` and ``KL`` are those of plain TRPO on the pre-adaptation policy, and nothing is adapted. ``midpoint``
+(``a = (0, 1)``) is MAML-TRPO exactly.
+
+All tasks are processed at once: shared parameters are expanded to per-task views ``[T, ...]``, the per-task
+inner gradients are the gradient of the sum of per-task losses w.r.t. those views, and every forward pass is one
+batched matmul per layer over ``[T, N, ...]`` (``N = H x B`` steps per task).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+from ..rk import Tableau, TableauSpec, get_tableau
+from .episodes import FlatBatch
+from .policy import GaussianMLPPolicy, Params, gaussian_log_prob, per_task
+from .trpo import TRPOStats, flatten, trpo_update, unflatten
+
+__all__ = ["MetaTRPOStep", "Prepared", "reinforce_loss", "surrogate_loss", "kl_to"]
+
+
+def reinforce_loss(policy: GaussianMLPPolicy, params: Mapping[str, torch.Tensor], batch: FlatBatch) -> torch.Tensor:
+    """Per-task REINFORCE loss ``-mean(log pi * A)`` over live steps: ``[T]``."""
+    logp = policy.log_prob(params, batch.obs, batch.actions)
+    return -batch.masked_mean(logp * batch.advantages)
+
+
+def surrogate_loss(logp: torch.Tensor, old_logp: torch.Tensor, batch: FlatBatch) -> torch.Tensor:
+    """Per-task surrogate ``-mean(exp(logp - old_logp) * A)`` over live steps: ``[T]`` (``logp [T, N]``)."""
+    return -batch.masked_mean(torch.exp(logp - old_logp) * batch.advantages)
+
+
+def kl_to(mu_old: torch.Tensor, ls_old: torch.Tensor, mu: torch.Tensor, ls: torch.Tensor, batch: FlatBatch
+          ) -> torch.Tensor:
+    """Per-task mean over live steps of ``KL(N(mu_old, e^ls_old) || N(mu, e^ls))`` (summed over action dims): ``[T]``.
+
+    Shapes: ``mu_old, mu [T, N, act_dim]``; ``ls_old, ls`` broadcastable to them.
+    """
+    var_ratio = torch.exp(2.0 * (ls_old - ls))
+    d = (mu_old - mu) * torch.exp(-ls)
+    kl = (ls - ls_old + 0.5 * (var_ratio + d * d) - 0.5).sum(-1)
+    return batch.masked_mean(kl)
+
+
+@dataclass
+class _Old:
+    """Quantities at ``theta_old`` (detached): log-probs and Gaussian parameters on D0 and D1."""
+
+    logp0: torch.Tensor
+    mu0: torch.Tensor
+    ls0: torch.Tensor
+    logp1: torch.Tensor | None
+    mu1: torch.Tensor | None
+    ls1: torch.Tensor | None
+    adapted: list[Params]  # theta'_1 .. theta'_n at theta_old (per task, detached)
+    theta: Params          # theta_old (shared, detached)
+
+
+class MetaTRPOStep:
+    """The RK-weighted MAML-TRPO meta-update.
+
+    Args:
+        policy: the Gaussian MLP policy (used functionally).
+        method: tableau name / number / :class:`~rkmeta_rl.rk.Tableau` with one or two stages.
+        inner_lr: MAML's inner learning rate; the method adapts with ``tableau.inner_lr(inner_lr, step_rule)``
+            (``midpoint``: exactly ``inner_lr``).
+        inner_steps: inner gradient steps (each on its own batch of train episodes).
+        step_rule: ``"tableau"`` or ``"fixed"`` (DESIGN.md section 1).
+        first_order: treat the inner gradients as constants (FOMAML-style) in ``J`` and ``KL``.
+        max_kl, cg_iters, cg_damping, ls_backtrack_ratio, ls_max_steps: TRPO settings.
+        fvp_subsample: fraction of each task's steps (every ``round(1/f)``-th) on which the Fisher-vector
+            product is computed (:meth:`subsampled_kl`). 1.0 (default) is exact. Below 1 only the trust-region
+            metric is estimated (OpenAI Baselines' TRPO uses every 5th sample); the gradient, the line search's
+            objective and its ``KL <= max_kl`` test stay on all the data.
+    """
+
+    def __init__(self, policy: GaussianMLPPolicy, method: TableauSpec = "midpoint", inner_lr: float = 0.1,
+                 inner_steps: int = 1, step_rule: str = "tableau", first_order: bool = False, max_kl: float = 0.01,
+                 cg_iters: int = 10, cg_damping: float = 1e-5, ls_backtrack_ratio: float = 0.8,
+                 ls_max_steps: int = 15, fvp_subsample: float = 1.0) -> None:
+        self.policy = policy
+        self.tableau: Tableau = get_tableau(method)
+        if self.tableau.stages > 2:
+            raise ValueError(f"MAML-TRPO supports one- and two-stage tableaus (DESIGN.md section 2); "
+                             f"{self.tableau.name} has {self.tableau.stages} stages")
+        if not (math.isfinite(inner_lr) and inner_lr > 0):
+            raise ValueError(f"inner_lr must be > 0, got {inner_lr}")
+        if int(inner_steps) < 1:
+            raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
+        self.inner_lr = float(inner_lr)
+        self.step_rule = step_rule
+        self.alpha = self.tableau.inner_lr(self.inner_lr, step_rule)
+        self.inner_steps = int(inner_steps)
+        self.first_order = bool(first_order)
+        self.max_kl = float(max_kl)
+        self.cg_iters = int(cg_iters)
+        self.cg_damping = float(cg_damping)
+        self.ls_backtrack_ratio = float(ls_backtrack_ratio)
+        self.ls_max_steps = int(ls_max_steps)
+        if not 0.0 < fvp_subsample <= 1.0:
+            raise ValueError(f"fvp_subsample must be in (0, 1], got {fvp_subsample}")
+        self.fvp_stride = max(1, int(round(1.0 / fvp_subsample)))
+        self.a1 = float(self.tableau.a[0])
+        self.a2 = float(self.tableau.a[1]) if self.tableau.stages == 2 else 0.0
+
+    @property
+    def adapts(self) -> bool:
+        """Whether the meta-objective has a post-adaptation stage (two-stage tableau)."""
+        return self.tableau.stages == 2
+
+    # ---- inner adaptation -------------------------------------------------------------------------
+    def adapt(self, params: Mapping[str, torch.Tensor], train: Sequence[FlatBatch], create_graph: bool = False,
+              alpha: float | None = None) -> Params:
+        """Per-task inner adaptation ``theta'_{k+1} = theta'_k - alpha grad L_S(theta'_k; train[k])``.
+
+        Args:
+            params: shared (or per-task) parameters ``theta``.
+            train: one batch per inner step (all with ``T`` tasks).
+            create_graph: keep the graph so the result is differentiable w.r.t. ``params`` (second order);
+                otherwise the result is detached.
+            alpha: step size (default: the method's).
+
+        Returns:
+            per-task parameters ``{name: [T, ...]}``.
+        """
+        lr = self.alpha if alpha is None else float(alpha)
+        n_tasks = train[0].num_tasks
+        if create_graph:
+            cur = per_task(params, n_tasks)
+        else:
+            detached = per_task({k: v.detach() for k, v in params.items()}, n_tasks)
+            cur = {k: v.clone().requires_grad_(True) for k, v in detached.items()}
+        for batch in train:
+            with torch.enable_grad():
+                loss = reinforce_loss(self.policy, cur, batch).sum()  # per-task losses are independent
+                grads = torch.autograd.grad(loss, list(cur.values()), create_graph=create_graph and not
+                                            self.first_order)
+            cur = {k: v - lr * g for (k, v), g in zip(cur.items(), grads)}
+            if not create_graph:
+                cur = {k: v.detach().requires_grad_(True) for k, v in cur.items()}
+        return {k: v if create_graph else v.detach() for k, v in cur.items()}
+
+    # ---- the RK-weighted objective ------------------------------------------------------------------
+    def objective(self, theta: Mapping[str, torch.Tensor], train: Sequence[FlatBatch], valid: FlatBatch | None,
+                  old: _Old | None, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor, _Old]:
+        """``(J, KL, quantities at theta)`` for shared parameters ``theta`` (DESIGN.md section 2).
+
+        With ``old=None`` the old policy is ``theta`` itself (``J`` is then ``-a1 mean A - a2 mean A`` and
+        ``KL = 0``, but both keep their graphs for the gradient and the Fisher-vector product).
+        """
+        d0 = train[0]
+        n_tasks = d0.num_tasks
+        theta_t = per_task(theta, n_tasks)
+        mu0, ls0 = self.policy.mean_log_std(theta_t, d0.obs)
+        logp0 = gaussian_log_prob(mu0, ls0, d0.actions)
+        j = torch.zeros((), dtype=mu0.dtype, device=mu0.device)
+        kl = torch.zeros((), dtype=mu0.dtype, device=mu0.device)
+        if old is None:
+            old_logp0, old_mu0, old_ls0 = logp0.detach(), mu0.detach(), ls0.detach()
+        else:
+            old_logp0, old_mu0, old_ls0 = old.logp0, old.mu0, old.ls0
+        if self.a1 != 0.0:
+            j = j + self.a1 * surrogate_loss(logp0, old_logp0, d0).mean()
+            kl = kl + self.a1 * kl_to(old_mu0, old_ls0, mu0, ls0, d0).mean()
+        logp1 = mu1 = ls1 = None
+        adapted: list[Params] = []
+        if self.adapts:
+            if valid is None:
+                raise ValueError(f"{self.tableau.name} adapts: valid episodes (D1) are required")
+            second = create_graph and not self.first_order
+            # inner step 1 reuses the forward pass on D0 above
+            inner0 = -d0.masked_mean(logp0 * d0.advantages).sum()
+            # the D0 forward pass is shared with the a1 terms: keep it
+            g0 = torch.autograd.grad(inner0, list(theta_t.values()), create_graph=second, retain_graph=True)
+            cur = {k: v - self.alpha * g for (k, v), g in zip(theta_t.items(), g0)}
+            adapted.append({k: v.detach() for k, v in cur.items()})
+            for batch in train[1:]:
+                lk = reinforce_loss(self.policy, cur, batch).sum()
+                gk = torch.autograd.grad(lk, list(cur.values()), create_graph=second)
+                cur = {k: v - self.alpha * g for (k, v), g in zip(cur.items(), gk)}
+                adapted.append({k: v.detach() for k, v in cur.items()})
+            mu1, ls1 = self.policy.mean_log_std(cur, valid.obs)
+            logp1 = gaussian_log_prob(mu1, ls1, valid.actions)
+            if old is None:
+                old_logp1, old_mu1, old_ls1 = logp1.detach(), mu1.detach(), ls1.detach()
+            else:
+                assert old.logp1 is not None and old.mu1 is not None and old.ls1 is not None
+                old_logp1, old_mu1, old_ls1 = old.logp1, old.mu1, old.ls1
+            j = j + self.a2 * surrogate_loss(logp1, old_logp1, valid).mean()
+            kl = kl + self.a2 * kl_to(old_mu1, old_ls1, mu1, ls1, valid).mean()
+        here = _Old(logp0.detach(), mu0.detach(), ls0.detach(),
+                    None if logp1 is None else logp1.detach(), None if mu1 is None else mu1.detach(),
+                    None if ls1 is None else ls1.detach(), adapted, {k: v.detach() for k, v in theta.items()})
+        return j, kl, here
+
+    def subsampled_kl(self, theta: Mapping[str, torch.Tensor], train: Sequence[FlatBatch], valid: FlatBatch | None,
+                      old: _Old, stride: int) -> torch.Tensor:
+        """The weighted KL on every ``stride``-th step of each task, for the Fisher-vector product only.
+
+        The inner step is rebuilt on the subsample *around the old adapted parameters*::
+
+            theta'_sub(theta) = theta'_old + (theta - theta_old) - alpha (g_sub(theta) - g_sub(theta_old))
+
+        (chained the same way for several inner steps), which equals ``theta'_old`` at ``theta_old`` and has the
+        Jacobian ``I - alpha H_sub`` there, so the Hessian of this KL at ``theta_old`` is
+        ``a1 F0_sub + a2 mean_T J_sub^T F1_sub J_sub``: the exact Fisher-vector product of the subsampled data
+        (with ``stride=1``, exactly that of :meth:`objective`). ``old`` holds ``theta_old``.
+        """
+        def sub(b: FlatBatch) -> FlatBatch:
+            return FlatBatch(b.obs[:, ::stride], b.actions[:, ::stride], b.advantages[:, ::stride],
+                             b.masks[:, ::stride])
+
+        d0 = sub(train[0])
+        theta_t = per_task(theta, d0.num_tasks)
+        kl = torch.zeros((), dtype=old.mu0.dtype, device=old.mu0.device)
+        if self.a1 != 0.0:
+            mu0, ls0 = self.policy.mean_log_std(theta_t, d0.obs)
+            kl = kl + self.a1 * kl_to(old.mu0[:, ::stride], old.ls0, mu0, ls0, d0).mean()
+        if self.adapts:
+            assert valid is not None and old.mu1 is not None and old.ls1 is not None
+            cur = theta_t
+            for k, batch in enumerate(train):
+                b = sub(batch)
+                start = per_task(old.theta, d0.num_tasks) if k == 0 else old.adapted[k - 1]
+                start = {n: v.detach().clone().requires_grad_(True) for n, v in start.items()}
+                g_start = torch.autograd.grad(reinforce_loss(self.policy, start, b).sum(), list(start.values()))
+                lk = reinforce_loss(self.policy, cur, b).sum()
+                gk = torch.autograd.grad(lk, list(cur.values()), create_graph=not self.first_order)
+                cur = {n: old.adapted[k][n] + (v - start[n].detach()) - self.alpha * (g - gs)
+                       for (n, v), g, gs in zip(cur.items(), gk, g_start)}
+            d1 = sub(valid)
+            mu1, ls1 = self.policy.mean_log_std(cur, d1.obs)
+            kl = kl + self.a2 * kl_to(old.mu1[:, ::stride], old.ls1, mu1, ls1, d1).mean()
+        return kl
+
+    # ---- the meta-update ---------------------------------------------------------------------------
+    def prepare(self, params: Mapping[str, torch.Tensor], train: Sequence[FlatBatch], valid: FlatBatch | None
+                ) -> "Prepared":
+        """Everything TRPO needs at ``theta_old = params``: loss, gradient, Fisher-vector product, evaluator."""
+        names = list(params)
+        theta = {k: params[k].detach().clone().requires_grad_(True) for k in names}
+        leaves = [theta[k] for k in names]
+        with torch.enable_grad():
+            j_old, kl_old, old = self.objective(theta, train, valid, None, create_graph=True)
+            grads = torch.autograd.grad(j_old, leaves, retain_graph=self.fvp_stride == 1, allow_unused=True)
+            g = flatten([torch.zeros_like(w) if gi is None else gi for w, gi in zip(leaves, grads)]).detach()
+            if self.fvp_stride > 1:
+                kl_old = self.subsampled_kl(theta, train, valid, old, self.fvp_stride)
+            kl_grads = torch.autograd.grad(kl_old, leaves, create_graph=True, allow_unused=True)
+            flat_kl_grad = flatten([torch.zeros_like(w) if gi is None else gi for w, gi in zip(leaves, kl_grads)])
+
+        def fvp(v: torch.Tensor) -> torch.Tensor:
+            with torch.enable_grad():
+                hv = torch.autograd.grad(flat_kl_grad, leaves, grad_outputs=v, retain_graph=True,
+                                         allow_unused=True)
+            return flatten([torch.zeros_like(w) if h is None else h for w, h in zip(leaves, hv)]).detach() \
+                + self.cg_damping * v
+
+        def evaluate(flat: torch.Tensor) -> tuple[float, float]:
+            cand = {k: v.detach().requires_grad_(True) for k, v in unflatten(flat, theta).items()}
+            with torch.enable_grad():
+                j_new, kl_new, _ = self.objective(cand, train, valid, old, create_graph=False)
+            return float(j_new.item()), float(kl_new.item())
+
+        theta0 = flatten({k: v.detach() for k, v in theta.items()})
+        return Prepared(theta0, g, fvp, evaluate, float(j_old.item()), old, theta)
+
+    def step(self, params: Mapping[str, torch.nn.Parameter], train: Sequence[FlatBatch],
+             valid: FlatBatch | None = None) -> dict[str, float]:
+        """One TRPO meta-update of ``params`` in place.
+
+        Args:
+            params: the policy's parameters (``policy.params()``), updated in place.
+            train: D0 batches, one per inner step (only the first is used by a one-stage method).
+            valid: D1, episodes sampled with the adapted policies (required for two-stage methods).
+
+        Returns:
+            TRPO diagnostics (:class:`~rkmeta_rl.rl.trpo.TRPOStats` fields).
+        """
+        prep = self.prepare(params, train, valid)
+        new_flat, stats = trpo_update(prep.theta, prep.grad, prep.fvp, prep.evaluate, prep.loss, self.max_kl,
+                                      self.cg_iters, self.ls_backtrack_ratio, self.ls_max_steps)
+        with torch.no_grad():
+            for k, v in unflatten(new_flat, prep.like).items():
+                params[k].copy_(v)
+        return _stats_dict(stats)
+
+
+@dataclass
+class Prepared:
+    """TRPO inputs at ``theta_old``: flat parameters ``theta [P]``, ``grad [P]`` of ``J``, the damped
+    ``fvp: [P] -> [P]``, ``evaluate: [P] -> (J, KL)``, the loss ``J(theta_old)``, old quantities, and a
+    parameter dict giving the flat layout."""
+
+    theta: torch.Tensor
+    grad: torch.Tensor
+    fvp: Callable[[torch.Tensor], torch.Tensor]
+    evaluate: Callable[[torch.Tensor], tuple[float, float]]
+    loss: float
+    old: _Old
+    like: dict[str, torch.Tensor]
+
+
+def _stats_dict(stats: TRPOStats) -> dict[str, float]:
+    return {k: float(v) for k, v in asdict(stats).items()}
