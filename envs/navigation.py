@@ -85,6 +85,16 @@ class Navigation2D(gym.Env):
             raise RuntimeError("no task set yet: call reset() or set_task() first")
         return {"goal": self._goal.copy()}
 
+    @staticmethod
+    def oracle_action(obs: np.ndarray, task: NavTask) -> np.ndarray:
+        """The optimal action when the goal is known: straight at it, each axis clipped to the speed limit.
+
+        After ``t`` such steps the position is the goal clipped to ``[-0.1 t, 0.1 t]^2``, the point of the
+        reachable box closest to the goal, so every step's distance (hence the return) is the best possible.
+        """
+        goal = _as_goal(task)
+        return np.clip(goal - np.asarray(obs, dtype=np.float32), -MAX_SPEED, MAX_SPEED).astype(np.float32)
+
     # ---- batched twin -----------------------------------------------------------------------------
     @staticmethod
     def make_twin(tasks: Sequence[NavTask], num_traj: int, horizon: int = HORIZON,

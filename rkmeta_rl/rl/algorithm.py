@@ -27,6 +27,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.utils import configure_logger
 
 from .. import envs as _envs  # noqa: F401  (registers the built-in task families)
+from ..checkpoint import save_checkpoint
 from ..rk import TableauSpec, get_tableau
 from .baseline import LinearFeatureBaseline
 from .episodes import Episodes
@@ -264,9 +265,31 @@ class MetaTRPO:
         return out, None
 
     # ---- persistence ------------------------------------------------------------------------------------
-    def save(self, path: str) -> None:
-        """Save configuration, policy parameters and counters (``torch.save``; loadable with weights_only)."""
-        torch.save({
+    def rng_state(self) -> dict[str, Any]:
+        """The random state of task sampling, action noise and env seeding (for an exact ``--resume``)."""
+        state: dict[str, Any] = {"torch": self.generator.get_state(), "numpy": self.rng.bit_generator.state}
+        seed_rng = getattr(self.sampler, "_seed_rng", None)
+        if seed_rng is not None:
+            state["sampler"] = seed_rng.bit_generator.state
+        return state
+
+    def set_rng_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`rng_state`."""
+        self.generator.set_state(state["torch"])
+        self.rng.bit_generator.state = state["numpy"]
+        seed_rng = getattr(self.sampler, "_seed_rng", None)
+        if seed_rng is not None and "sampler" in state:
+            seed_rng.bit_generator.state = state["sampler"]
+
+    def save(self, path: str, extra: Mapping[str, Any] | None = None) -> None:
+        """Save configuration, policy parameters, counters and random state, atomically (temporary file, then
+        rename), loadable with ``torch.load(..., weights_only=True)``.
+
+        Args:
+            path: file to write.
+            extra: more plain data to keep (e.g. a training script's history); returned by :meth:`load_extra`.
+        """
+        save_checkpoint(path, {
             "format": "rkmeta_rl.MetaTRPO/1",
             "env_id": self.env_id,
             "kwargs": self._init_kwargs,
@@ -274,7 +297,14 @@ class MetaTRPO:
             "params": {k: v.detach().cpu() for k, v in self.policy.params().items()},
             "num_iterations": self.num_iterations,
             "num_timesteps": self.num_timesteps,
-        }, path)
+            "rng": self.rng_state(),
+            "extra": dict(extra or {}),
+        })
+
+    @staticmethod
+    def load_extra(path: str) -> dict[str, Any]:
+        """The ``extra`` dict stored by :meth:`save`."""
+        return dict(torch.load(path, map_location="cpu", weights_only=True).get("extra", {}))
 
     @classmethod
     def load(cls, path: str, env: str | gym.Env | None = None, device: str | torch.device = "auto",
@@ -292,4 +322,6 @@ class MetaTRPO:
                 v.copy_(ckpt["params"][k])
         model.num_iterations = int(ckpt["num_iterations"])
         model.num_timesteps = int(ckpt["num_timesteps"])
+        if "rng" in ckpt:
+            model.set_rng_state(ckpt["rng"])
         return model

@@ -1,0 +1,73 @@
+"""``scripts/train_nav.py``: metrics, TensorBoard content, exact resume, bad flags."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+
+from rkmeta_rl.logger import read_scalars
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+train_nav = _load("train_nav")
+TINY = ["--config", "reference", "--meta-batch-size", "3", "--fast-batch-size", "4", "--no-progress",
+        "--checkpoint-interval", "1"]
+
+
+def _params(logdir: str) -> dict[str, torch.Tensor]:
+    return torch.load(os.path.join(logdir, "checkpoint_final.pt"), weights_only=True)["params"]
+
+
+def test_metrics_and_tensorboard(tmp_path) -> None:
+    m = train_nav.main([*TINY, "--method", "heun", "--iterations", "3", "--figure-interval", "2",
+                        "--logdir", str(tmp_path)])
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("method", "iterations", "pre_return", "post_return", "seconds"):
+        assert key in on_disk
+    assert on_disk["iterations"] == 3 and m["method"] == "heun" and m["adapt_lr"] == pytest.approx(0.2)
+    scalars = read_scalars(str(tmp_path))
+    for key in ("rollout/pre_return", "rollout/post_return", "train/kl", "train/surrogate_improvement",
+                "train/ls_steps", "train/cg_residual", "time/total_env_steps", "time/iteration_seconds"):
+        assert [s for s, _ in scalars[key]] == [1, 2, 3], key
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Images("rollout/trajectories")] == [1, 2]
+
+
+def test_resume_is_exact(tmp_path) -> None:
+    train_nav.main([*TINY, "--method", "ralston", "--iterations", "4", "--logdir", str(tmp_path / "ref")])
+    train_nav.main([*TINY, "--method", "ralston", "--iterations", "2", "--logdir", str(tmp_path / "b")])
+    m = train_nav.main([*TINY, "--method", "ralston", "--iterations", "4", "--logdir", str(tmp_path / "b"),
+                        "--resume"])
+    ref, got = _params(str(tmp_path / "ref")), _params(str(tmp_path / "b"))
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+    assert m["iterations"] == 4 and len(m["history"]["pre_return"]) == 4
+    ref_m = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    assert ref_m["history"]["post_return"] == m["history"]["post_return"]
+
+
+@pytest.mark.parametrize("flags,msg", [
+    (["--method", "rk4"], "one- and two-stage"), (["--method", "nope"], "unknown RK method"),
+    (["--inner-lr", "-1"], "inner_lr"), (["--meta-batch-size", "0"], "meta_batch_size"),
+    (["--fvp-subsample", "0"], "fvp_subsample"),
+])
+def test_bad_flags(tmp_path, flags, msg, capsys) -> None:
+    with pytest.raises(SystemExit) as err:
+        train_nav.main([*TINY, *flags, "--logdir", str(tmp_path)])
+    assert msg in str(err.value)
+    assert not os.path.exists(tmp_path / "progress.csv")
