@@ -71,3 +71,25 @@ def test_bad_flags(tmp_path, flags, msg, capsys) -> None:
         train_nav.main([*TINY, *flags, "--logdir", str(tmp_path)])
     assert msg in str(err.value)
     assert not os.path.exists(tmp_path / "progress.csv")
+
+
+def test_eval_nav_writes_curve_csv_and_plot(tmp_path) -> None:
+    eval_nav = _load("eval_nav")
+    run = tmp_path / "run"
+    train_nav.main([*TINY, "--method", "midpoint", "--iterations", "1", "--figure-interval", "0",
+                    "--logdir", str(run)])
+    res = eval_nav.main([str(run), "--tasks", "3", "--steps", "2", "--traj", "3", "--out", str(tmp_path / "ev")])
+    assert set(res["curves"]) == {"midpoint", "random init"} and len(res["curves"]["midpoint"]) == 3
+    rows = (tmp_path / "ev" / "eval_nav.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("policy,return_after_0_steps") and rows[-1].startswith("oracle")
+    assert os.path.getsize(tmp_path / "ev" / "eval_nav.png") > 1000
+    # the oracle is the exact optimum: better than anything the policies achieve
+    assert res["oracle"] > max(max(c) for c in res["curves"].values())
+
+
+def test_oracle_is_exact_for_a_known_goal() -> None:
+    from rkmeta_rl.rl.evaluation import oracle_returns
+
+    # goal (0.25, 0): positions 0.1, 0.2, 0.25 -> distances 0.15, 0.05, 0 (terminates)
+    got = oracle_returns("rkmeta/Navigation2D-v0", [{"goal": [0.25, 0.0]}])
+    assert got[0] == pytest.approx(-0.2, abs=1e-6)
