@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Benchmark: seconds per 2D-navigation meta-iteration on the reference setting, one torch thread.
+
+One meta-iteration = sample 20 tasks, D0 (20 trajectories x horizon 100 per task), the inner REINFORCE step,
+D1 with the adapted policies, and the TRPO meta-update (gradient through the inner step, conjugate gradient
+on the Fisher-vector product, line search): ``MetaTRPO.train_iteration``. Two variants are timed,
+interleaved iteration by iteration in one process: ``fvp_subsample=0.2`` (the ``train_nav.py`` default) and
+``1.0`` (the Fisher-vector product on every step, as the reference implementation does).
+
+    python scripts/bench_nav.py [--iters 8] [--method midpoint]
+
+Last line: JSON with ``seconds_per_iteration`` (the default variant), ``seconds_per_iteration_exact_fvp``,
+``env_steps_per_second``, the sampling / update split and the arithmetic floor of the update.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from rkmeta_rl.rl.algorithm import REFERENCE_NAV_KWARGS, MetaTRPO
+
+
+def make(method: str, fvp: float, seed: int) -> MetaTRPO:
+    return MetaTRPO("MlpPolicy", "rkmeta/Navigation2D-v0", method=method, fvp_subsample=fvp, seed=seed,
+                    device="cpu", **REFERENCE_NAV_KWARGS)
+
+
+def matmul_gflops(n: int = 40_000, k: int = 64, reps: int = 20) -> float:
+    """Measured float32 GFLOP/s of the policy's dominant product ``[n, k] @ [k, k]`` on one thread."""
+    a, b = torch.randn(n, k), torch.randn(k, k)
+    for _ in range(3):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n * k * k * reps / (time.perf_counter() - t) / 1e9
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--iters", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--method", default="midpoint")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    models = {"default": make(args.method, 0.2, 0), "exact_fvp": make(args.method, 1.0, 0)}
+    times: dict[str, list[dict[str, float]]] = {k: [] for k in models}
+    for i in range(args.warmup + args.iters):
+        for name, model in models.items():
+            t = time.perf_counter()
+            st = model.train_iteration()
+            wall = time.perf_counter() - t
+            if i >= args.warmup:
+                times[name].append({"wall": wall, "sample": st["time/sample_seconds"],
+                                    "update": st["time/update_seconds"]})
+        print(f"iteration {i + 1}: " + ", ".join(f"{k} {v[-1]['wall']:.2f}s" for k, v in times.items() if v),
+              flush=True)
+    med = {k: {f: statistics.median(x[f] for x in v) for f in ("wall", "sample", "update")} for k, v in times.items()}
+    m = models["default"]
+    steps = m.num_timesteps / m.num_iterations
+    gflops = matmul_gflops()
+    # one forward of the dominant 64x64 layer over D0 + D1: the update needs dozens of these
+    floor_pass = 2 * 2 * 20 * 20 * 100 * 64 * 64 / (gflops * 1e9)
+    out = {
+        "setting": "2D navigation reference: 20 tasks x 20 traj x 100 steps, 2x64 tanh, inner lr 0.1, 1 thread",
+        "method": args.method,
+        "seconds_per_iteration": round(med["default"]["wall"], 3),
+        "seconds_per_iteration_exact_fvp": round(med["exact_fvp"]["wall"], 3),
+        "sample_seconds": round(med["default"]["sample"], 3),
+        "update_seconds": round(med["default"]["update"], 3),
+        "update_seconds_exact_fvp": round(med["exact_fvp"]["update"], 3),
+        "env_steps_per_iteration": int(steps),
+        "env_steps_per_second": round(steps / med["default"]["wall"], 1),
+        "matmul_gflops_1_thread": round(gflops, 1),
+        "seconds_per_64x64_pass_over_d0_d1": round(floor_pass, 4),
+        "reference_implementation_seconds_per_iteration": 4.7,
+        "speedup_vs_reference": round(4.7 / med["default"]["wall"], 2),
+        "torch": torch.__version__, "machine": platform.machine(),
+    }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
