@@ -28,6 +28,7 @@ from stable_baselines3.common.utils import configure_logger
 
 from .. import envs as _envs  # noqa: F401  (registers the built-in task families)
 from ..checkpoint import save_checkpoint
+from ..envs.protocol import TaskFamilyError, validate_task_family
 from ..rk import TableauSpec, get_tableau
 from .baseline import LinearFeatureBaseline
 from .episodes import Episodes
@@ -35,7 +36,35 @@ from .meta_trpo import MetaTRPOStep
 from .policy import GaussianMLPPolicy, Params
 from .sampler import Sampler, make_sampler
 
-__all__ = ["MetaTRPO", "REFERENCE_NAV_KWARGS"]
+__all__ = ["MetaTRPO", "REFERENCE_NAV_KWARGS", "BUILTIN_ENV_IDS", "check_task_family"]
+
+#: Ids of the built-in task families (tested; :func:`check_task_family` skips them).
+BUILTIN_ENV_IDS: frozenset[str] = frozenset((_envs.NAVIGATION_ID, *_envs.LOCOMOTION_IDS.values()))
+
+
+def check_task_family(env: str | gym.Env) -> None:
+    """Run :func:`~rkmeta_rl.envs.protocol.validate_task_family` on a family that is not built in.
+
+    Raises:
+        TaskFamilyError: what is missing or wrong (an unregistered id: close matches and the ``--module``
+            hint; a family without ``set_task`` whose ``reset(options={"task": ...})`` does not install the
+            task: says both).
+    """
+    env_id = env if isinstance(env, str) else (env.spec.id if env.spec is not None else None)
+    if env_id in BUILTIN_ENV_IDS:
+        return
+    try:
+        validate_task_family(env)
+    except TaskFamilyError as err:
+        if isinstance(env, str) and env not in gym.registry:
+            raise
+        base = (gym.make(env, disable_env_checker=True) if isinstance(env, str) else env).unwrapped
+        if not callable(getattr(base, "set_task", None)) and "get_task() returned" in str(err):
+            raise TaskFamilyError(
+                f"{type(base).__name__} has no set_task(task), and its reset(options={{'task': task}}) does not "
+                f"install the task either: add set_task(task), or make reset read options['task'] ({err})"
+            ) from err
+        raise
 
 #: The reference MAML-RL implementation's 2D-navigation setting (one dict away from the default).
 REFERENCE_NAV_KWARGS: dict[str, Any] = {
@@ -52,7 +81,9 @@ class MetaTRPO:
     Args:
         policy: only ``"MlpPolicy"`` (a :class:`~rkmeta_rl.rl.policy.GaussianMLPPolicy`).
         env: a registered task-family id or an env instance. Families with a batched twin (2D navigation) are
-            sampled with it; any other goes through the generic Gymnasium sampler.
+            sampled with it; any other with :class:`~rkmeta_rl.rl.sampler.BatchedSampler` (every task x
+            trajectory env stepped together, one policy forward per step). A family that is not built in is
+            checked with :func:`check_task_family` first.
         method: RK tableau (one or two stages): ``euler``, ``midpoint`` (MAML), ``heun``, ``ralston``, ``itb``,
             ``generic(x)`` or a number.
         meta_batch_size: tasks per meta-iteration.
@@ -73,6 +104,11 @@ class MetaTRPO:
         fvp_subsample: fraction of steps for the Fisher-vector product (1.0 exact; see
             :class:`~rkmeta_rl.rl.meta_trpo.MetaTRPOStep`).
         normalize_advantages: standardise advantages per task (the reference code does).
+        sampler: ``"auto"`` (twin if the family has one, else batched), ``"twin"``, ``"batched"`` or ``"gym"``
+            (the slow reference loop); see :func:`~rkmeta_rl.rl.sampler.make_sampler`.
+        num_workers: worker processes of the batched sampler (1: in-process, the fastest on few cores). Results
+            do not depend on it.
+        check_env: validate a family that is not built in (:func:`check_task_family`).
     """
 
     def __init__(
@@ -101,9 +137,14 @@ class MetaTRPO:
         horizon: int | None = None,
         fvp_subsample: float = 1.0,
         normalize_advantages: bool = True,
+        sampler: str = "auto",
+        num_workers: int = 1,
+        check_env: bool = True,
     ) -> None:
         if policy != "MlpPolicy":
             raise ValueError(f"only 'MlpPolicy' is supported, got {policy!r}")
+        if check_env:
+            check_task_family(env)
         self.env_id = env if isinstance(env, str) else (env.spec.id if env.spec is not None else None)
         self.env = gym.make(env, disable_env_checker=True) if isinstance(env, str) else env
         self.method = get_tableau(method).name if not isinstance(method, (int, float)) else method
@@ -131,7 +172,7 @@ class MetaTRPO:
             "gamma": self.gamma, "gae_lambda": self.gae_lambda, "first_order": self.first_order, "seed": self.seed,
             "policy_kwargs": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.policy_kwargs.items()},
             "verbose": self.verbose, "horizon": horizon, "normalize_advantages": self.normalize_advantages,
-            **self._trpo_kwargs,
+            "sampler": sampler, "num_workers": int(num_workers), **self._trpo_kwargs,
         }
 
         obs_dim = int(np.prod(self.env.observation_space.shape))
@@ -141,7 +182,8 @@ class MetaTRPO:
         self.policy = GaussianMLPPolicy(obs_dim, act_dim, generator=self.generator, device=self.device,
                                         **self.policy_kwargs)
         self.sampler: Sampler = make_sampler(self.env if self.env_id is None else self.env_id, self.policy,
-                                             horizon=horizon, device=self.device, seed=self.seed)
+                                             horizon=horizon, device=self.device, seed=self.seed,
+                                             sampler=sampler, num_workers=num_workers)
         self.meta_step = MetaTRPOStep(self.policy, self.tableau, inner_lr=self.inner_lr, inner_steps=self.inner_steps,
                                       step_rule=step_rule, first_order=self.first_order, **self._trpo_kwargs)
         self.baseline = LinearFeatureBaseline()
@@ -163,6 +205,12 @@ class MetaTRPO:
 
     def set_logger(self, logger: Logger) -> None:
         self._logger = logger
+
+    def close(self) -> None:
+        """Release the sampler's env instances and worker processes (the model stays usable for ``predict``)."""
+        close = getattr(self.sampler, "close", None)
+        if close is not None:
+            close()
 
     # ---- training -------------------------------------------------------------------------------------
     def _sample(self, tasks: list[Any], params: Mapping[str, torch.Tensor]) -> Episodes:

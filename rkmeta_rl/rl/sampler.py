@@ -1,6 +1,6 @@
 """Samplers: a meta-batch of episodes for a list of tasks, under shared or per-task policy parameters.
 
-Both samplers have the same interface::
+Every sampler has the same interface::
 
     sampler.sample_tasks(num_tasks, rng) -> list[task]
     sampler.sample(tasks, params, num_traj, generator=None) -> Episodes      # [T, H, B, ...]
@@ -10,13 +10,22 @@ task dimension ``T``; see :mod:`rkmeta_rl.rl.policy`).
 
 * :class:`TwinSampler` steps a batched torch twin of the task family (e.g. :class:`NavigationTwin`): one
   policy forward per time step for all ``T x B`` environments.
-* :class:`GymSampler` works for any registered task family: it loops over Gymnasium env instances (one per
-  trajectory slot, reused across tasks), task by task. Slower; same interface.
+* :class:`BatchedSampler` works for any registered task family (the default for families without a twin): it
+  keeps ``T x B`` Gymnasium env instances alive in a :class:`~rkmeta_rl.rl.vec_env.BatchedEnvs` (in this
+  process, or in ``num_workers`` worker processes), re-tasks them every call and steps them all with one
+  batched policy forward per time step; episodes end independently.
+* :class:`GymSampler` is the plain reference: a loop over ``B`` env instances, task by task. Much slower; same
+  interface and, for one task, the same episodes as :class:`BatchedSampler`.
+
+:func:`make_sampler` picks the twin when the family has one, else :class:`BatchedSampler`.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping, Protocol, Sequence
+
+import functools
+from collections import OrderedDict
 
 import gymnasium as gym
 import numpy as np
@@ -24,8 +33,13 @@ import torch
 
 from .episodes import Episodes
 from .policy import GaussianMLPPolicy, is_per_task
+from .vec_env import BatchedEnvs
 
-__all__ = ["Sampler", "TwinSampler", "GymSampler", "make_sampler", "horizon_of"]
+__all__ = ["Sampler", "TwinSampler", "BatchedSampler", "GymSampler", "make_sampler", "horizon_of",
+           "SAMPLER_KINDS"]
+
+#: ``make_sampler(..., sampler=...)`` choices.
+SAMPLER_KINDS: tuple[str, ...] = ("auto", "twin", "batched", "gym")
 
 
 class Sampler(Protocol):
@@ -104,6 +118,133 @@ class TwinSampler:
             obs = nxt.to(dtype)
         return Episodes(obs_buf, act_buf, rew_buf, mask_buf, logp_buf,
                         tasks=list(tasks))
+
+
+def _checked_tasks(tasks: Any, num_tasks: int, family: str) -> list[Any]:
+    """``sample_tasks``' answer, or a :class:`~rkmeta_rl.envs.protocol.TaskFamilyError` saying what is wrong."""
+    from ..envs.protocol import TaskFamilyError
+
+    if not isinstance(tasks, list):
+        raise TaskFamilyError(f"{family}.sample_tasks must return a list, got {type(tasks).__name__}")
+    if len(tasks) != int(num_tasks):
+        raise TaskFamilyError(f"{family}.sample_tasks({num_tasks}, rng) returned {len(tasks)} tasks")
+    return tasks
+
+
+def supports_shared_model(env: gym.Env) -> bool:
+    """Whether the family takes ``share_model=True`` (the built-in MuJoCo locomotion families do)."""
+    return hasattr(type(env.unwrapped), "_share_model")
+
+
+class BatchedSampler:
+    """Fast generic sampler for any registered task family, on :class:`~rkmeta_rl.rl.vec_env.BatchedEnvs`.
+
+    A call with ``T`` tasks and ``B`` trajectories runs ``N = T x B`` env instances, env ``n`` on task
+    ``n // B``; instances are kept across calls (one set per ``N``, the ``max_cached`` most recent) and
+    re-tasked with ``set_task`` + ``reset(options={"task": ...})``. Each time step makes one policy forward for
+    all ``N`` observations: shared parameters see ``[N, obs_dim]``, per-task parameters (leading ``[T]``) see
+    ``[T, B, obs_dim]``. Episodes end independently (termination, or truncation at the horizon); dead steps
+    have mask 0 and zero observation, action, reward and log-probability.
+
+    Random streams: action noise comes from the ``generator`` of :meth:`sample`; env ``n``'s reset seed is the
+    ``n``-th draw ``int(_seed_rng.integers(2**31))`` of a numpy generator seeded with ``seed`` (the same draws,
+    in the same order, as :class:`GymSampler`). ``MetaTRPO.rng_state()`` saves ``_seed_rng``, so a resumed run
+    continues exactly; every reset is seeded, so reused and fresh env instances give the same episodes.
+
+    Args:
+        env_id: registered id of the task family.
+        policy: the policy (used functionally).
+        horizon: episode horizon (default: the spec's ``max_episode_steps``).
+        device: where the policy runs and the episodes live.
+        seed: seeds the env resets.
+        env_kwargs: for ``gymnasium.make``; default ``{"share_model": True}`` for families that support it.
+        num_workers: ``1`` steps every env in this process (fastest on few cores); ``k > 1`` spreads them over
+            ``k`` worker processes (the id's spec travels to them, so its entry point must be importable).
+        modules: modules a worker imports first (e.g. the one registering a custom family).
+        max_cached: env sets (distinct ``N``) kept alive.
+    """
+
+    def __init__(self, env_id: str, policy: GaussianMLPPolicy, horizon: int | None = None,
+                 device: torch.device | str = "cpu", seed: int = 0, env_kwargs: Mapping[str, Any] | None = None,
+                 num_workers: int = 1, modules: Sequence[str] = (), max_cached: int = 3) -> None:
+        if int(num_workers) < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        self.env_id = env_id
+        self.policy = policy
+        self.device = torch.device(device)
+        self.num_workers = int(num_workers)
+        self.modules = tuple(modules)
+        self.max_cached = max(1, int(max_cached))
+        self.env = gym.make(env_id, disable_env_checker=True, **dict(env_kwargs or {}))
+        kwargs = dict(env_kwargs or {})
+        if "share_model" not in kwargs and supports_shared_model(self.env):
+            kwargs["share_model"] = True
+        self.env_kwargs = kwargs
+        self.horizon = horizon_of(self.env, horizon)
+        self._family = type(self.env.unwrapped).__name__
+        self._seed_rng = np.random.default_rng(seed)
+        self._envs: OrderedDict[int, BatchedEnvs] = OrderedDict()
+
+    def sample_tasks(self, num_tasks: int, rng: np.random.Generator) -> list[Any]:
+        return _checked_tasks(self.env.unwrapped.sample_tasks(num_tasks, rng), num_tasks, self._family)
+
+    def _batched(self, n: int) -> BatchedEnvs:
+        envs = self._envs.get(n)
+        if envs is not None:
+            self._envs.move_to_end(n)
+            return envs
+        if self.num_workers > 1:
+            factory = functools.partial(gym.make, gym.spec(self.env_id), disable_env_checker=True,
+                                        **self.env_kwargs)
+            envs = BatchedEnvs(factory, n, self.horizon, num_workers=self.num_workers, modules=self.modules)
+        else:
+            envs = BatchedEnvs(self.env_id, n, self.horizon, env_kwargs=self.env_kwargs)
+        self._envs[n] = envs
+        while len(self._envs) > self.max_cached:
+            _, old = self._envs.popitem(last=False)
+            old.close()
+        return envs
+
+    def sample(self, tasks: Sequence[Any], params: Mapping[str, torch.Tensor], num_traj: int,
+               generator: torch.Generator | None = None) -> Episodes:
+        """Sample ``num_traj`` episodes per task; shapes in :mod:`rkmeta_rl.rl.episodes`."""
+        t_, b_ = len(tasks), int(num_traj)
+        if t_ < 1 or b_ < 1:
+            raise ValueError(f"need at least one task and one trajectory, got {t_} and {b_}")
+        n = t_ * b_
+        dtype = next(iter(params.values())).dtype
+        params = {k: v.detach() for k, v in params.items()}
+        per_task_params = is_per_task(params)
+        if per_task_params and params["w0"].shape[0] != t_:
+            raise ValueError(f"per-task parameters for {params['w0'].shape[0]} tasks, {t_} tasks given")
+        policy, device = self.policy, self.device
+
+        def policy_fn(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            o = obs.to(device=device, dtype=dtype)
+            if per_task_params:
+                act, logp = policy.sample(params, o.reshape(t_, b_, -1), generator=generator)
+                return act.reshape(n, -1), logp.reshape(n)
+            return policy.sample(params, o, generator=generator)
+
+        envs = self._batched(n)
+        envs.set_tasks(list(tasks), per_env_repeat=b_)
+        seeds = [int(self._seed_rng.integers(2**31)) for _ in range(n)]
+        roll = envs.collect(policy_fn, horizon=self.horizon, seed=seeds)
+        parts = roll.per_task(t_)
+
+        def tt(x: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(np.ascontiguousarray(x)).to(device=device, dtype=dtype)
+
+        obs = tt(parts["obs"]).reshape(t_, self.horizon, b_, -1)
+        act = tt(parts["actions"]).reshape(t_, self.horizon, b_, -1)
+        return Episodes(obs, act, tt(parts["rewards"]), tt(parts["mask"]), tt(parts["aux"]), tasks=list(tasks))
+
+    def close(self) -> None:
+        """Close every kept env instance (and worker)."""
+        for envs in self._envs.values():
+            envs.close()
+        self._envs.clear()
+        self.env.close()
 
 
 class GymSampler:
@@ -191,12 +332,31 @@ class GymSampler:
 
 
 def make_sampler(env: str | gym.Env, policy: GaussianMLPPolicy, horizon: int | None = None,
-                 device: torch.device | str = "cpu", seed: int = 0, use_twin: bool = True) -> Sampler:
-    """The twin sampler when the family has a batched twin (and ``use_twin``), else the generic one."""
+                 device: torch.device | str = "cpu", seed: int = 0, use_twin: bool = True, *,
+                 sampler: str = "auto", num_workers: int = 1, env_kwargs: Mapping[str, Any] | None = None,
+                 modules: Sequence[str] = ()) -> Sampler:
+    """The sampler of a task family.
+
+    Args:
+        env: a registered id or an env instance (a generic sampler needs one made by ``gym.make``).
+        policy, horizon, device, seed: as in the samplers.
+        use_twin: ``False`` is the older spelling of ``sampler="gym"`` (the reference loop), kept as it was.
+        sampler: ``"auto"``: the family's batched torch twin when it has one (``make_twin``), else
+            :class:`BatchedSampler`; ``"twin"``, ``"batched"``, ``"gym"`` force one.
+        num_workers, env_kwargs, modules: for :class:`BatchedSampler`.
+    """
+    if sampler not in SAMPLER_KINDS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLER_KINDS)}; got {sampler!r}")
     env_obj = gym.make(env, disable_env_checker=True) if isinstance(env, str) else env
-    if use_twin and hasattr(env_obj.unwrapped, "make_twin"):
+    kind = sampler
+    if kind == "auto":
+        kind = "gym" if not use_twin else ("twin" if hasattr(env_obj.unwrapped, "make_twin") else "batched")
+    if kind == "twin":
         return TwinSampler(env_obj, policy, horizon=horizon, device=device)
     env_id = env if isinstance(env, str) else (env_obj.spec.id if env_obj.spec is not None else None)
     if env_id is None:
-        raise ValueError("the generic sampler needs a registered env (an id, or an instance made by gym.make)")
-    return GymSampler(env_id, policy, horizon=horizon, device=device, seed=seed)
+        raise ValueError("the generic samplers need a registered env (an id, or an instance made by gym.make)")
+    if kind == "gym":
+        return GymSampler(env_id, policy, horizon=horizon, device=device, seed=seed, env_kwargs=env_kwargs)
+    return BatchedSampler(env_id, policy, horizon=horizon, device=device, seed=seed, env_kwargs=env_kwargs,
+                          num_workers=num_workers, modules=modules)
