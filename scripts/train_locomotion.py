@@ -111,13 +111,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def import_modules(names: list[str]) -> None:
-    """Import every ``--module`` (their ``gymnasium.register`` calls run)."""
+    """Import every ``--module`` (their ``gymnasium.register`` calls run), from the current directory too, as
+    ``python -m`` would (``python scripts/train_locomotion.py`` puts only ``scripts/`` on the path)."""
+    if names and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     for name in names:
         try:
             importlib.import_module(name)
         except Exception as err:
             raise ValueError(f"--module {name}: cannot import it ({type(err).__name__}: {err}); it must be "
-                             f"importable from here (installed, or on PYTHONPATH)") from err
+                             f"importable from here (in the current directory, installed, or on PYTHONPATH)") from err
 
 
 def resolve_env(name: str) -> str:
