@@ -31,6 +31,7 @@ import torch
 
 from ..rk import Tableau, TableauSpec, get_tableau
 from .episodes import FlatBatch
+from .fisher import GaussNewtonFVP, MLPCache, supports_gauss_newton
 from .policy import GaussianMLPPolicy, Params, gaussian_log_prob, per_task
 from .trpo import TRPOStats, flatten, trpo_update, unflatten
 
@@ -90,12 +91,17 @@ class MetaTRPOStep:
             product is computed (:meth:`subsampled_kl`). 1.0 (default) is exact. Below 1 only the trust-region
             metric is estimated (OpenAI Baselines' TRPO uses every 5th sample); the gradient, the line search's
             objective and its ``KL <= max_kl`` test stay on all the data.
+        fvp_mode: ``"gauss_newton"`` (default): the Fisher-vector product from its structure at ``theta_old``,
+            ``a1 F0 + a2 mean_T J^T F1 J`` with hand-written Jacobian-, Hessian- and Gauss-Newton-vector products
+            (:mod:`rkmeta_rl.rl.fisher`); ``"autograd"``: the reference double backward through
+            ``grad(KL, create_graph=True)``. Both are the same exact product (up to rounding); policies other than
+            the plain :class:`~rkmeta_rl.rl.policy.GaussianMLPPolicy` always use ``"autograd"``.
     """
 
     def __init__(self, policy: GaussianMLPPolicy, method: TableauSpec = "midpoint", inner_lr: float = 0.1,
                  inner_steps: int = 1, step_rule: str = "tableau", first_order: bool = False, max_kl: float = 0.01,
                  cg_iters: int = 10, cg_damping: float = 1e-5, ls_backtrack_ratio: float = 0.8,
-                 ls_max_steps: int = 15, fvp_subsample: float = 1.0) -> None:
+                 ls_max_steps: int = 15, fvp_subsample: float = 1.0, fvp_mode: str = "gauss_newton") -> None:
         self.policy = policy
         self.tableau: Tableau = get_tableau(method)
         if self.tableau.stages > 2:
@@ -118,6 +124,9 @@ class MetaTRPOStep:
         if not 0.0 < fvp_subsample <= 1.0:
             raise ValueError(f"fvp_subsample must be in (0, 1], got {fvp_subsample}")
         self.fvp_stride = max(1, int(round(1.0 / fvp_subsample)))
+        if fvp_mode not in ("gauss_newton", "autograd"):
+            raise ValueError(f"fvp_mode must be 'gauss_newton' or 'autograd', got {fvp_mode!r}")
+        self.fvp_mode = fvp_mode
         self.a1 = float(self.tableau.a[0])
         self.a2 = float(self.tableau.a[1]) if self.tableau.stages == 2 else 0.0
 
@@ -188,8 +197,8 @@ class MetaTRPOStep:
             second = create_graph and not self.first_order
             # inner step 1 reuses the forward pass on D0 above
             inner0 = -d0.masked_mean(logp0 * d0.advantages).sum()
-            # the D0 forward pass is shared with the a1 terms: keep it
-            g0 = torch.autograd.grad(inner0, list(theta_t.values()), create_graph=second, retain_graph=True)
+            # the D0 forward pass is shared with the a1 terms: keep it when they are differentiated
+            g0 = torch.autograd.grad(inner0, list(theta_t.values()), create_graph=second, retain_graph=create_graph)
             cur = {k: v - self.alpha * g for (k, v), g in zip(theta_t.items(), g0)}
             adapted.append({k: v.detach() for k, v in cur.items()})
             for batch in train[1:]:
@@ -197,15 +206,17 @@ class MetaTRPOStep:
                 gk = torch.autograd.grad(lk, list(cur.values()), create_graph=second)
                 cur = {k: v - self.alpha * g for (k, v), g in zip(cur.items(), gk)}
                 adapted.append({k: v.detach() for k, v in cur.items()})
-            mu1, ls1 = self.policy.mean_log_std(cur, valid.obs)
-            logp1 = gaussian_log_prob(mu1, ls1, valid.actions)
+            with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):  # no graph for evaluations
+                mu1, ls1 = self.policy.mean_log_std(cur, valid.obs)
+                logp1 = gaussian_log_prob(mu1, ls1, valid.actions)
             if old is None:
                 old_logp1, old_mu1, old_ls1 = logp1.detach(), mu1.detach(), ls1.detach()
             else:
                 assert old.logp1 is not None and old.mu1 is not None and old.ls1 is not None
                 old_logp1, old_mu1, old_ls1 = old.logp1, old.mu1, old.ls1
-            j = j + self.a2 * surrogate_loss(logp1, old_logp1, valid).mean()
-            kl = kl + self.a2 * kl_to(old_mu1, old_ls1, mu1, ls1, valid).mean()
+            with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
+                j = j + self.a2 * surrogate_loss(logp1, old_logp1, valid).mean()
+                kl = kl + self.a2 * kl_to(old_mu1, old_ls1, mu1, ls1, valid).mean()
         here = _Old(logp0.detach(), mu0.detach(), ls0.detach(),
                     None if logp1 is None else logp1.detach(), None if mu1 is None else mu1.detach(),
                     None if ls1 is None else ls1.detach(), adapted, {k: v.detach() for k, v in theta.items()})
@@ -251,6 +262,78 @@ class MetaTRPOStep:
             kl = kl + self.a2 * kl_to(old.mu1[:, ::stride], old.ls1, mu1, ls1, d1).mean()
         return kl
 
+    def gauss_newton_fvp(self, train: Sequence[FlatBatch], valid: FlatBatch | None, old: _Old, stride: int
+                         ) -> GaussNewtonFVP:
+        """The undamped Fisher-vector product ``v -> H v`` of the weighted KL at ``old.theta`` on every
+        ``stride``-th step (the Hessian of :meth:`subsampled_kl`, of :meth:`objective`'s KL for ``stride=1``),
+        from its Gauss-Newton structure (:mod:`rkmeta_rl.rl.fisher`)."""
+        def sub(b: FlatBatch) -> FlatBatch:
+            if stride == 1:
+                return b
+            return FlatBatch(b.obs[:, ::stride], b.actions[:, ::stride], b.advantages[:, ::stride],
+                             b.masks[:, ::stride])
+
+        batches = [sub(b) for b in (train if self.adapts else train[:1])]
+        d1 = sub(valid) if self.adapts and valid is not None else None
+        return GaussNewtonFVP.build(self.policy, old.theta, batches, d1, old.adapted, self.a1, self.a2, self.alpha,
+                                    self.first_order)
+
+    def _prepare_gauss_newton(self, theta: Params, train: Sequence[FlatBatch], valid: FlatBatch | None
+                              ) -> tuple[float, torch.Tensor, _Old, GaussNewtonFVP]:
+        """``(J, grad J, old quantities, Fisher-vector product)`` at ``theta_old = theta`` without autograd.
+
+        At ``theta_old`` every ratio ``pi / pi_old`` is 1, so the gradient of ``surr(pi; D)`` is that of the
+        REINFORCE loss on ``D``, and ``grad J = mean_T [a1 grad L_S(theta; D0) + a2 J^T grad L_S(theta'; D1)]``
+        with ``J^T`` the inner steps' ``I - alpha H`` in reverse. The forward passes, the D0 and D1 cotangents and
+        the inner steps' Hessian-vector caches are those of the Fisher-vector product (:mod:`rkmeta_rl.rl.fisher`),
+        shared when ``fvp_subsample`` is 1. The old quantities equal :meth:`objective`'s (the forward passes are
+        the same operations; the inner gradients agree to rounding).
+        """
+        d0 = train[0]
+        n_tasks = d0.num_tasks
+        theta_t = per_task(theta, n_tasks)
+        c0 = MLPCache(self.policy, theta_t, d0, reinforce=True)
+        mu0, ls0 = c0.mu, GaussianMLPPolicy._log_std(theta_t, c0.mu.dim() - 1)
+        logp0 = gaussian_log_prob(mu0, ls0, d0.actions)
+        j = torch.zeros((), dtype=mu0.dtype, device=mu0.device)
+        grad: Params | None = None
+        if self.a1 != 0.0:
+            j = j + self.a1 * surrogate_loss(logp0, logp0, d0).mean()
+            grad = {k: self.a1 / n_tasks * v for k, v in c0.reinforce_grad().items()}
+        logp1 = mu1 = ls1 = None
+        adapted: list[Params] = []
+        inner: list[MLPCache] = []
+        c1 = None
+        if self.adapts:
+            if valid is None:
+                raise ValueError(f"{self.tableau.name} adapts: valid episodes (D1) are required")
+            cur: Params = theta_t
+            for k, batch in enumerate(train):
+                ck = c0 if k == 0 else MLPCache(self.policy, cur, batch, reinforce=True)
+                inner.append(ck)
+                gk = ck.reinforce_grad()
+                cur = {n: v - self.alpha * gk[n] for n, v in cur.items()}
+                adapted.append(cur)
+            c1 = MLPCache(self.policy, cur, valid, reinforce=True)
+            mu1, ls1 = c1.mu, GaussianMLPPolicy._log_std(cur, c1.mu.dim() - 1)
+            logp1 = gaussian_log_prob(mu1, ls1, valid.actions)
+            j = j + self.a2 * surrogate_loss(logp1, logp1, valid).mean()
+            if self.first_order:
+                inner = []
+            g1 = c1.reinforce_grad()
+            for ck in reversed(inner):
+                g1 = ck.inner_jacobian(g1, self.alpha)
+            g1 = {k: self.a2 / n_tasks * v for k, v in g1.items()}
+            grad = g1 if grad is None else {k: grad[k] + g1[k] for k in grad}
+        assert grad is not None
+        flat_grad = flatten([grad[k].sum(0) for k in theta])
+        old = _Old(logp0, mu0, ls0, logp1, mu1, ls1, adapted, theta)
+        if self.fvp_stride == 1:
+            fisher = GaussNewtonFVP(theta, self.a1, self.a2, self.alpha, c0, inner, c1)
+        else:
+            fisher = self.gauss_newton_fvp(train, valid, old, self.fvp_stride)
+        return float(j.item()), flat_grad, old, fisher
+
     # ---- the meta-update ---------------------------------------------------------------------------
     def prepare(self, params: Mapping[str, torch.Tensor], train: Sequence[FlatBatch], valid: FlatBatch | None
                 ) -> "Prepared":
@@ -258,21 +341,32 @@ class MetaTRPOStep:
         names = list(params)
         theta = {k: params[k].detach().clone().requires_grad_(True) for k in names}
         leaves = [theta[k] for k in names]
-        with torch.enable_grad():
-            j_old, kl_old, old = self.objective(theta, train, valid, None, create_graph=True)
-            grads = torch.autograd.grad(j_old, leaves, retain_graph=self.fvp_stride == 1, allow_unused=True)
-            g = flatten([torch.zeros_like(w) if gi is None else gi for w, gi in zip(leaves, grads)]).detach()
-            if self.fvp_stride > 1:
-                kl_old = self.subsampled_kl(theta, train, valid, old, self.fvp_stride)
-            kl_grads = torch.autograd.grad(kl_old, leaves, create_graph=True, allow_unused=True)
-            flat_kl_grad = flatten([torch.zeros_like(w) if gi is None else gi for w, gi in zip(leaves, kl_grads)])
+        if self.fvp_mode == "gauss_newton" and supports_gauss_newton(self.policy):
+            with torch.no_grad():
+                loss, g, old, fisher = self._prepare_gauss_newton({k: v.detach() for k, v in theta.items()}, train,
+                                                                  valid)
 
-        def fvp(v: torch.Tensor) -> torch.Tensor:
+            def fvp(v: torch.Tensor) -> torch.Tensor:
+                with torch.no_grad():
+                    return fisher(v) + self.cg_damping * v
+        else:
             with torch.enable_grad():
-                hv = torch.autograd.grad(flat_kl_grad, leaves, grad_outputs=v, retain_graph=True,
-                                         allow_unused=True)
-            return flatten([torch.zeros_like(w) if h is None else h for w, h in zip(leaves, hv)]).detach() \
-                + self.cg_damping * v
+                j_old, kl_old, old = self.objective(theta, train, valid, None, create_graph=True)
+                grads = torch.autograd.grad(j_old, leaves, retain_graph=self.fvp_stride == 1, allow_unused=True)
+                g = flatten([torch.zeros_like(w) if gi is None else gi for w, gi in zip(leaves, grads)]).detach()
+                if self.fvp_stride > 1:
+                    kl_old = self.subsampled_kl(theta, train, valid, old, self.fvp_stride)
+                kl_grads = torch.autograd.grad(kl_old, leaves, create_graph=True, allow_unused=True)
+                flat_kl_grad = flatten([torch.zeros_like(w) if gi is None else gi
+                                        for w, gi in zip(leaves, kl_grads)])
+            loss = float(j_old.item())
+
+            def fvp(v: torch.Tensor) -> torch.Tensor:
+                with torch.enable_grad():
+                    hv = torch.autograd.grad(flat_kl_grad, leaves, grad_outputs=v, retain_graph=True,
+                                             allow_unused=True)
+                return flatten([torch.zeros_like(w) if h is None else h for w, h in zip(leaves, hv)]).detach() \
+                    + self.cg_damping * v
 
         def evaluate(flat: torch.Tensor) -> tuple[float, float]:
             cand = {k: v.detach().requires_grad_(True) for k, v in unflatten(flat, theta).items()}
@@ -281,7 +375,7 @@ class MetaTRPOStep:
             return float(j_new.item()), float(kl_new.item())
 
         theta0 = flatten({k: v.detach() for k, v in theta.items()})
-        return Prepared(theta0, g, fvp, evaluate, float(j_old.item()), old, theta)
+        return Prepared(theta0, g, fvp, evaluate, loss, old, theta)
 
     def step(self, params: Mapping[str, torch.nn.Parameter], train: Sequence[FlatBatch],
              valid: FlatBatch | None = None) -> dict[str, float]:
