@@ -5,12 +5,17 @@
     python scripts/train_fewshot.py --dataset omniglot --ways 5 --shots 1 --time-budget 20
     python scripts/train_fewshot.py --dataset miniimagenet --ways 5 --shots 5 --data-root PATH
     python scripts/train_fewshot.py --logdir runs/omniglot-5w1s-ralston-s0 --resume ...   # same flags
+    torchrun --standalone --nproc_per_node=2 scripts/train_fewshot.py --dataset omniglot ...  # data parallel
 
 Defaults per setting are MAML's (Finn et al., 2017): Omniglot 5-way: meta-batch 32, inner lr 0.4, 1 inner
 step in training and 3 at test; 20-way: meta-batch 16, inner lr 0.1, 5 steps; MiniImagenet: meta-batch 4
 (1-shot) or 2 (5-shot), inner lr 0.01, 5 steps in training and 10 at test, conv4 with 32 filters and
 max-pooling. The final evaluation adapts 600 test episodes and writes ``metrics.json`` (accuracy, 95% CI),
 printed as the last line.
+
+Under ``torchrun`` each process takes its share of the meta-batch (which must be >= the number of processes)
+and the meta-gradients are averaged (:mod:`rkmeta_rl.distributed`); rank 0 logs, checkpoints and prints the
+JSON; the final evaluation is split across the processes.
 """
 
 from __future__ import annotations
@@ -20,11 +25,16 @@ import json
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
+from rkmeta_rl.distributed import destroy, init_distributed, split_batch
 from rkmeta_rl.rk import TABLEAU_NAMES, get_tableau
 from rkmeta_rl.supervised.trainer import MetaTrainConfig, MetaTrainer
+
+if TYPE_CHECKING:
+    from rkmeta_rl.supervised.fewshot_problem import FewShotProblem
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OMNIGLOT = os.environ.get("RKMETA_OMNIGLOT", os.path.join(REPO, "..", "shared", "data", "omniglot"))
@@ -75,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-interval", type=int, default=200)
     p.add_argument("--log-interval", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                   help="under torchrun: collective timeout (default $RKMETA_DIST_TIMEOUT or 120); keep it above "
+                        "the dataset loading time difference between processes")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
@@ -122,9 +135,22 @@ def main(argv: list[str] | None = None) -> dict:
         for name in ("ways", "shots", "queries"):
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
-        problem = build_problem(args, d)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+        dist = init_distributed(cfg.device, timeout_s=args.dist_timeout)
+        split_batch(cfg.meta_batch_size, dist.rank, dist.world_size)
+    except ValueError as err:
+        destroy()
         sys.exit(f"error: {err}")
+    try:
+        try:
+            problem = build_problem(args, d)
+        except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+            sys.exit(f"error: {err}")
+        return _run(args, cfg, problem, dist.is_main)
+    finally:
+        destroy()
+
+
+def _run(args: argparse.Namespace, cfg: MetaTrainConfig, problem: "FewShotProblem", is_main: bool) -> dict:
     logdir = args.logdir or os.path.join(
         "runs", f"{args.dataset}-{args.ways}w{args.shots}s-{args.method}-s{args.seed}")
     trainer = MetaTrainer(problem, cfg, logdir=logdir, resume=args.resume, verbose=args.verbose)
@@ -139,11 +165,12 @@ def main(argv: list[str] | None = None) -> dict:
         "filters": problem.filters, "pool": problem.pool,
         "wall_seconds_this_process": round(time.perf_counter() - t0, 2),
     })
-    fig = problem.figure(trainer.params, cfg.adapt_lr, steps, torch.Generator().manual_seed(cfg.seed + 20_000),
-                         trainer.device)
-    fig.savefig(os.path.join(logdir, "episode.png"), dpi=110)
     trainer.close()
-    print(json.dumps(metrics))
+    if is_main:
+        fig = problem.figure(trainer.params, cfg.adapt_lr, steps, torch.Generator().manual_seed(cfg.seed + 20_000),
+                             trainer.device)
+        fig.savefig(os.path.join(logdir, "episode.png"), dpi=110)
+        print(json.dumps(metrics))
     return metrics
 
 

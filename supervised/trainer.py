@@ -3,6 +3,15 @@
 Data flows one way (DESIGN.md section 5): the config becomes a trainer; the trainer asks the problem for a
 task batch, hands the losses to the RK engine (:func:`rkmeta_rl.rk.meta_gradient`), gets one meta-gradient
 and gives it to Adam; the logger (SB3's) and the atomic checkpointer watch from the side.
+
+Data parallel (issue 6): launched with ``torchrun`` (see :mod:`rkmeta_rl.distributed`), each of the
+``world_size`` ranks samples its share of the meta-batch (:func:`~rkmeta_rl.distributed.split_batch`) from its
+own task stream (seeded with :func:`~rkmeta_rl.distributed.rank_seed`), computes the meta-gradient of those
+tasks, and one ``all_reduce`` averages the gradients (and the logged statistics) weighted by the ranks' task
+counts, so the average is the mean over the whole meta-batch; every rank then takes the same Adam step.
+Evaluation is split across ranks (each adapts its slice of the same tasks; results equal a one-process run).
+Rank 0 alone logs and writes checkpoints and ``metrics.json``; the checkpoint holds every rank's task-stream
+state, so ``--resume`` with the same number of processes is exact.
 """
 
 from __future__ import annotations
@@ -11,8 +20,8 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 import numpy as np
 import torch
@@ -20,8 +29,10 @@ from stable_baselines3.common.logger import Figure, Logger
 from tqdm.auto import tqdm
 
 from rkmeta_rl.checkpoint import FINAL, LATEST, latest_checkpoint, load_checkpoint, save_checkpoint
+from rkmeta_rl.distributed import (DistInfo, all_gather_objects, all_reduce_max, all_reduce_mean, batch_slice,
+                                   broadcast_params, current_dist, rank_seed, split_batch)
 from rkmeta_rl.logger import make_logger
-from rkmeta_rl.rk import LossFn, Params, adapt_and_score, get_tableau, meta_gradient
+from rkmeta_rl.rk import LossFn, Params, PerStage, adapt_and_score, get_tableau, meta_gradient
 from rkmeta_rl.utils import check_positive, get_device, mean_ci95, set_threads, write_json_atomic
 
 __all__ = ["MetaTrainConfig", "MetaProblem", "MetaTrainer", "NonFiniteError"]
@@ -145,13 +156,21 @@ class MetaTrainer:
         config: run settings (validated here).
         logdir: run directory (checkpoints, ``progress.csv``, TensorBoard events, ``metrics.json``);
             ``None`` keeps nothing on disk.
-        resume: continue from ``logdir``'s latest checkpoint (error if there is none).
+        resume: continue from ``logdir``'s latest checkpoint (error if there is none). Under torchrun every
+            rank loads it (``logdir`` must be visible to all ranks).
         verbose: print the logger's table to stdout.
+        dist: this process's place in the data-parallel group (default: the initialised process group, if
+            any, see :func:`rkmeta_rl.distributed.init_distributed`; else one process). With
+            ``world_size > 1`` the constructor, :meth:`step`, :meth:`save`, :meth:`evaluate`, :meth:`learn`
+            and :meth:`final_evaluation` are collective: every rank must call them in the same order.
     """
 
     def __init__(self, problem: MetaProblem, config: MetaTrainConfig, logdir: str | None = None,
-                 resume: bool = False, verbose: bool = False) -> None:
+                 resume: bool = False, verbose: bool = False, dist: DistInfo | None = None) -> None:
         config.validate()
+        self.dist: DistInfo = dist if dist is not None else current_dist()
+        #: tasks this rank draws per meta-iteration (the whole meta-batch without data parallelism)
+        self.local_batch_size = split_batch(config.meta_batch_size, self.dist.rank, self.dist.world_size)
         set_threads(config.threads)
         self.problem = problem
         self.config = config
@@ -163,10 +182,13 @@ class MetaTrainer:
         self._compile = config.compile
         init_gen = torch.Generator().manual_seed(config.seed)
         self.params: Params = {k: v.to(self.device) for k, v in problem.init_params(init_gen, self.device).items()}
+        # every rank initialises from the same seed; the broadcast guards against any divergence
+        broadcast_params(self.params, src=0)
         self._leaves = [p.requires_grad_(True) for p in self.params.values()]
         self.optimizer = torch.optim.Adam(self._leaves, lr=config.meta_lr)
-        # the task stream has its own generator so evaluation never perturbs training (exact resume)
-        self.task_gen = torch.Generator().manual_seed(config.seed + 1)
+        # the task stream has its own generator so evaluation never perturbs training (exact resume); each
+        # rank has its own stream (rank 0's is the one-process stream)
+        self.task_gen = torch.Generator().manual_seed(rank_seed(config.seed + 1, self.dist.rank))
         if resume:
             if logdir is None:
                 raise ValueError("resume needs a logdir")
@@ -174,15 +196,27 @@ class MetaTrainer:
             if ckpt is None:
                 raise FileNotFoundError(f"--resume: no checkpoint in {logdir}")
             self._restore(load_checkpoint(ckpt, map_location=self.device))
-        self.logger: Logger = make_logger(logdir, resume=resume, verbose=verbose)
+        # only rank 0 logs; the other ranks get a logger that writes nowhere
+        self.logger: Logger = make_logger(logdir if self.dist.is_main else None, resume=resume, verbose=verbose)
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that logs and writes files (rank 0; always true without data parallelism)."""
+        return self.dist.is_main
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: parameters, Adam, task-stream RNG, counters, config."""
+        """Everything needed to continue exactly: parameters, Adam, task-stream RNGs, counters, config.
+
+        Collective under data parallelism: the ranks' task-stream states are gathered (``task_gens``, in rank
+        order; ``task_gen`` is rank 0's, as in one-process checkpoints)."""
+        gens = all_gather_objects(self.task_gen.get_state())
         return {
             "params": {k: v.detach().cpu() for k, v in self.params.items()},
             "optimizer": self.optimizer.state_dict(),
-            "task_gen": self.task_gen.get_state(),
+            "task_gen": gens[0],
+            "task_gens": gens,
+            "world_size": self.dist.world_size,
             "iteration": self.iteration,
             "elapsed": self.elapsed,
             "config": asdict(self.config),
@@ -199,15 +233,29 @@ class MetaTrainer:
             for k, v in state["params"].items():
                 self.params[k].copy_(v.to(self.device))
         self.optimizer.load_state_dict(state["optimizer"])
-        self.task_gen.set_state(state["task_gen"])
+        gens = state.get("task_gens", [state["task_gen"]])
+        saved_world = int(state.get("world_size", len(gens)))
+        if saved_world != self.dist.world_size:
+            warnings.warn(f"--resume: the checkpoint was written by {saved_world} process(es), this run has "
+                          f"{self.dist.world_size}; parameters and Adam continue, but the task streams of ranks "
+                          "without a saved state are reseeded, so the run is not an exact continuation",
+                          RuntimeWarning, stacklevel=3)
+        if self.dist.rank < len(gens):
+            self.task_gen.set_state(gens[self.dist.rank])
+        else:  # deterministic from (seed, rank, iteration)
+            self.task_gen.manual_seed(rank_seed(self.config.seed + 1 + int(state["iteration"]), self.dist.rank))
         self.iteration = int(state["iteration"])
         self.elapsed = float(state.get("elapsed", 0.0))
 
     def save(self, name: str = LATEST) -> str | None:
-        """Atomically write the checkpoint ``name`` into the run directory."""
+        """Atomically write the checkpoint ``name`` into the run directory (rank 0 writes; collective under
+        data parallelism). Returns the path on rank 0, else ``None``."""
         if self.logdir is None:
             return None
-        return save_checkpoint(os.path.join(self.logdir, name), self.state_dict())
+        state = self.state_dict()
+        if not self.is_main:
+            return None
+        return save_checkpoint(os.path.join(self.logdir, name), state)
 
     # ------------------------------------------------------------------ one step
     def _meta_gradient(self, data: Any) -> tuple[Params, dict[str, float]]:
@@ -225,10 +273,21 @@ class MetaTrainer:
         return meta_gradient(self.params, self.problem.support_loss, self.problem.query_loss, data, **kwargs)
 
     def step(self) -> dict[str, float]:
-        """One meta-iteration: sample tasks, RK meta-gradient, Adam step. Raises :class:`NonFiniteError`."""
+        """One meta-iteration: sample tasks, RK meta-gradient, Adam step. Raises :class:`NonFiniteError`.
+
+        Under data parallelism this rank samples ``local_batch_size`` tasks, and the meta-gradients and
+        statistics are averaged over the ranks weighted by their task counts (one ``all_reduce``): the result
+        is the mean over the whole meta-batch, and every rank takes the same Adam step."""
         c = self.config
-        data = self.problem.sample_tasks(c.meta_batch_size, self.task_gen, self.tableau.stages, self.device)
+        data = self.problem.sample_tasks(self.local_batch_size, self.task_gen, self.tableau.stages, self.device)
         grads, stats = self._meta_gradient(data)
+        if self.dist.distributed:
+            keys = sorted(k for k in stats if k != "num_tasks")
+            local = list(grads.values()) + [torch.tensor([stats[k] for k in keys], dtype=torch.float64)]
+            reduced = all_reduce_mean(local, weight=self.local_batch_size)
+            grads = dict(zip(grads.keys(), reduced[:-1]))
+            stats = {k: float(v) for k, v in zip(keys, reduced[-1])}
+            stats["num_tasks"] = float(c.meta_batch_size)
         gnorm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()])))
         stats["grad_norm"] = gnorm
         bad = [k for k, v in stats.items() if not math.isfinite(v)]
@@ -247,21 +306,35 @@ class MetaTrainer:
                  ) -> dict[str, np.ndarray]:
         """Adapt ``num_tasks`` fresh tasks with the method's own alpha and score after 0..``steps`` steps.
 
+        Under data parallelism (collective) every rank draws the same tasks and adapts its contiguous slice of
+        each chunk; the per-task results are gathered, so every rank returns what one process would.
+
         Returns:
             ``{metric: array [num_tasks, steps + 1]}``.
         """
         steps = self.config.test_inner_steps if steps is None else steps
         gen = torch.Generator().manual_seed(seed)
         chunk = self.config.eval_chunk or num_tasks
-        parts: list[dict[str, torch.Tensor]] = []
+        rank, world = self.dist.rank, self.dist.world_size
+        parts: list[dict[str, np.ndarray] | None] = []
         done = 0
         while done < num_tasks:
             n = min(chunk, num_tasks - done)
             data = self.problem.sample_tasks(n, gen, 2, self.device, split=split)
-            parts.append(adapt_and_score(self.params, self.problem.support_loss, self.problem.metric_fn, data,
-                                         self.config.adapt_lr, steps, path=self.config.path))
+            sl = batch_slice(n, rank, world, allow_empty=True)
+            if sl.stop > sl.start:
+                mine = data if world == 1 else _slice_tasks(data, sl)
+                res = adapt_and_score(self.params, self.problem.support_loss, self.problem.metric_fn, mine,
+                                      self.config.adapt_lr, steps, path=self.config.path)
+                parts.append({k: v.detach().cpu().numpy() for k, v in res.items()})
+            else:
+                parts.append(None)
             done += n
-        return {k: torch.cat([p[k] for p in parts]).cpu().numpy() for k in parts[0]}
+        if world > 1:
+            per_rank = all_gather_objects(parts)  # [rank][chunk]
+            parts = [p for i in range(len(parts)) for r in range(world) if (p := per_rank[r][i]) is not None]
+        kept = [p for p in parts if p is not None]
+        return {k: np.concatenate([p[k] for p in kept]) for k in kept[0]}
 
     def _log_eval(self, split: str, res: Mapping[str, np.ndarray]) -> None:
         for key, arr in res.items():
@@ -279,8 +352,8 @@ class MetaTrainer:
         n_acc = 0
         t_log = time.perf_counter()
         it_log = self.iteration
-        bar = tqdm(total=c.iterations, initial=self.iteration, disable=not progress_bar, desc=c.method,
-                   unit="it", mininterval=1.0, dynamic_ncols=True)
+        bar = tqdm(total=c.iterations, initial=self.iteration, disable=not (progress_bar and self.is_main),
+                   desc=c.method, unit="it", mininterval=1.0, dynamic_ncols=True)
         self.stopped_by_budget = False
         try:
             while self.iteration < c.iterations:
@@ -303,16 +376,22 @@ class MetaTrainer:
                     acc, n_acc, t_log, it_log = {}, 0, now, it
                     if c.eval_interval and it % c.eval_interval == 0:
                         self._log_eval("eval", self.evaluate(c.eval_tasks, seed=c.seed + 10_000, split="val"))
-                        fig = self.problem.figure(self.params, c.adapt_lr, c.test_inner_steps,
-                                                  torch.Generator().manual_seed(c.seed + 20_000), self.device)
+                        fig = None if not self.is_main else self.problem.figure(
+                            self.params, c.adapt_lr, c.test_inner_steps,
+                            torch.Generator().manual_seed(c.seed + 20_000), self.device)
                         if fig is not None:
                             self.logger.record("eval/figure", Figure(fig, close=True), exclude=("stdout", "csv"))
                     self.logger.dump(it)
                 if it % c.checkpoint_interval == 0:
                     self.save(LATEST)
-                if callback is not None and callback(self, it, stats) is False:
+                stop_cb = callback is not None and callback(self, it, stats) is False
+                over = budget is not None and self.elapsed >= budget
+                if self.dist.distributed and (callback is not None or budget is not None):
+                    # the ranks must stop together: any rank's stop request stops all
+                    stop_cb, over = (v > 0 for v in all_reduce_max([float(stop_cb), float(over)]))
+                if stop_cb:
                     break
-                if budget is not None and self.elapsed >= budget:
+                if over:
                     self.stopped_by_budget = True
                     break
         finally:
@@ -344,10 +423,19 @@ class MetaTrainer:
                    "step_rule": c.step_rule, "first_order": c.first_order, "seed": c.seed,
                    "problem": self.problem.name, "stopped_by_time_budget": getattr(self, "stopped_by_budget", False)}
         metrics.update(extra)
-        if self.logdir is not None:
+        if self.dist.distributed:
+            metrics["world_size"] = self.dist.world_size
+        if self.logdir is not None and self.is_main:
             write_json_atomic(os.path.join(self.logdir, "metrics.json"), metrics)
         return metrics
 
     def close(self) -> None:
         """Close the logger's files."""
         self.logger.close()
+
+
+def _slice_tasks(data: Any, sl: slice) -> Any:
+    """Tasks ``sl`` of a task batch (every tensor leaf is indexed by task along its first dimension)."""
+    if isinstance(data, PerStage):
+        return PerStage([_slice_tasks(d, sl) for d in data])
+    return torch.utils._pytree.tree_map(lambda t: t[sl] if isinstance(t, torch.Tensor) else t, data)
