@@ -2,13 +2,17 @@
 """Benchmark: seconds per meta-iteration with 1 and with 2 data-parallel processes (torchrun, gloo, CPU,
 one torch thread per process), issue 6.
 
+    python scripts/bench_distributed.py [--trainer nav] [--iters 3]          # the default
     python scripts/bench_distributed.py --trainer sinusoid [--iters 20] [--meta-batch-size 50]
-    python scripts/bench_distributed.py --trainer nav        # not yet: MetaTRPO has no all-reduce
 
+``--trainer nav`` (default): data-parallel :class:`~rkmeta_rl.rl.algorithm.MetaTRPO` on 2D navigation in the
+reference setting of ``bench_nav.py`` (:data:`~rkmeta_rl.rl.algorithm.REFERENCE_NAV_KWARGS`: 20 tasks x 20
+trajectories, 2x64 tanh policy, ``fvp_subsample=0.2`` as ``train_nav.py``), second order; each rank samples
+its share of the tasks, and the TRPO gradient, every Fisher-vector product and the line-search values are
+all-reduced (one small collective each; about 10 CG + a few line-search collectives per iteration).
 ``--trainer sinusoid``: the supervised :class:`~rkmeta_rl.supervised.trainer.MetaTrainer` on sinusoid
 regression, second-order, meta-batch 50 split over the processes (each rank computes the meta-gradient of its
-tasks, one all-reduce averages them, every rank takes the Adam step). ``--trainer nav``: the 2D-navigation
-reference setting of ``bench_nav.py`` (raises ``NotImplementedError`` until MetaTRPO is data parallel).
+tasks, one all-reduce averages them, every rank takes the Adam step).
 
 Each setting runs in its own ``torchrun --standalone`` launch: ``--warmup`` untimed meta-iterations, then
 ``--iters`` timed ones, started and stopped together on every rank (barriers), reported by rank 0. The speedup
@@ -27,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -37,12 +41,13 @@ REPO = os.path.dirname(os.path.dirname(SCRIPT))
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trainer", choices=("sinusoid", "nav"), default="sinusoid")
+    p.add_argument("--trainer", choices=("nav", "sinusoid"), default="nav")
     p.add_argument("--method", default="midpoint")
-    p.add_argument("--meta-batch-size", type=int, default=50)
+    p.add_argument("--meta-batch-size", type=int, default=None, help="default: 20 (nav), 50 (sinusoid)")
     p.add_argument("--first-order", action="store_true", help="default: second order")
-    p.add_argument("--iters", type=int, default=20, help="timed meta-iterations per setting")
-    p.add_argument("--warmup", type=int, default=3, help="untimed meta-iterations first")
+    p.add_argument("--iters", type=int, default=None, help="timed meta-iterations per setting (default: 3 for "
+                   "nav, 20 for sinusoid)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed meta-iterations first (default 1 / 3)")
     p.add_argument("--path", choices=("auto", "vmap", "loop"), default="auto", help="engine execution path")
     p.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="process counts to compare")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per launch")
@@ -50,36 +55,59 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the per-trainer defaults of ``--meta-batch-size``, ``--iters`` and ``--warmup``."""
+    nav = args.trainer == "nav"
+    if args.meta_batch_size is None:
+        args.meta_batch_size = 20 if nav else 50
+    if args.iters is None:
+        args.iters = 3 if nav else 20
+    if args.warmup is None:
+        args.warmup = 1 if nav else 3
+    return args
+
+
 def worker(args: argparse.Namespace) -> None:
     """One rank of a launch: time ``--iters`` meta-iterations and (rank 0) write the result to ``--worker-out``."""
     torch.set_num_threads(1)
     from rkmeta_rl.distributed import barrier, destroy, init_distributed
-    from rkmeta_rl.supervised.sinusoid_problem import SinusoidProblem
-    from rkmeta_rl.supervised.trainer import MetaTrainConfig, MetaTrainer
 
     info = init_distributed("cpu")
     try:
-        cfg = MetaTrainConfig(method=args.method, iterations=args.warmup + args.iters,
-                              meta_batch_size=args.meta_batch_size, first_order=args.first_order, device="cpu",
-                              path=args.path, compile=False, threads=1, eval_interval=0)
-        tr = MetaTrainer(SinusoidProblem(), cfg, logdir=None, dist=info)
+        step: Callable[[], Any]
+        if args.trainer == "nav":
+            from rkmeta_rl.rl.algorithm import REFERENCE_NAV_KWARGS, MetaTRPO
+
+            kwargs = dict(REFERENCE_NAV_KWARGS, meta_batch_size=args.meta_batch_size)
+            model = MetaTRPO("MlpPolicy", "rkmeta/Navigation2D-v0", method=args.method, fvp_subsample=0.2,
+                             first_order=args.first_order, device="cpu", dist=info, **kwargs)
+            step, local, close = model.train_iteration, model.local_batch_size, model.close
+        else:
+            from rkmeta_rl.supervised.sinusoid_problem import SinusoidProblem
+            from rkmeta_rl.supervised.trainer import MetaTrainConfig, MetaTrainer
+
+            cfg = MetaTrainConfig(method=args.method, iterations=args.warmup + args.iters,
+                                  meta_batch_size=args.meta_batch_size, first_order=args.first_order, device="cpu",
+                                  path=args.path, compile=False, threads=1, eval_interval=0)
+            tr = MetaTrainer(SinusoidProblem(), cfg, logdir=None, dist=info)
+            step, local, close = tr.step, tr.local_batch_size, tr.close
         for _ in range(args.warmup):
-            tr.step()
+            step()
         barrier()
         t0 = time.perf_counter()
         per_iter: list[float] = []
         for _ in range(args.iters):
             t = time.perf_counter()
-            tr.step()
+            step()
             per_iter.append(time.perf_counter() - t)
         barrier()
         total = time.perf_counter() - t0
         if info.is_main:
             out = {"world_size": info.world_size, "seconds_per_iteration": total / args.iters,
-                   "min_iteration_s": min(per_iter), "local_batch_size": tr.local_batch_size}
+                   "min_iteration_s": min(per_iter), "local_batch_size": local}
             with open(args.worker_out, "w") as fh:
                 json.dump(out, fh)
-        tr.close()
+        close()
     finally:
         destroy()
 
@@ -101,11 +129,8 @@ def launch(args: argparse.Namespace, nproc: int, out_path: str) -> dict[str, Any
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    if args.trainer == "nav":
-        raise NotImplementedError(
-            "--trainer nav: MetaTRPO is not data parallel yet (its sampling and meta-update have no all-reduce; "
-            "issue 6, RL half). Use --trainer sinusoid, or scripts/bench_nav.py for the one-process timing.")
+    """Run the launches (or, inside one, this rank's worker); returns the result dict printed as JSON."""
+    args = _defaults(parse_args(argv))
     if args.worker_out is not None:
         worker(args)
         return {}

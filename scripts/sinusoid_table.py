@@ -79,7 +79,7 @@ def markdown(summary: dict[str, dict[str, float]], iterations: int) -> str:
              "|---|---|---|---|---|---|---|"]
     for method, r in summary.items():
         lines.append(f"| {method} | {r['paper']:.2f} | {cell(r, 'mse_1_step')} | {cell(r, 'mse_10_steps')} | "
-                     f"{r['mse_10_steps_median']:.3f} | {int(r['seeds'])} | {r['seconds_per_run']:.0f} |")
+                     f"{r['mse_10_steps_median']:.3g} | {int(r['seeds'])} | {r['seconds_per_run']:.0f} |")
     lines.append("")
     lines.append(f"Query MSE on 600 fresh tasks per run after 1 and 10 test-time steps with each method's own "
                  f"inner rate (alpha = 2 q21 x 0.01), {iterations} meta-iterations; ± is the 95% CI across seeds. "

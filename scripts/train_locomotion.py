@@ -26,6 +26,20 @@ sampling and the update, and every ``--video-interval`` iterations animated roll
 tasks before (``video/pre_adaptation``) and after one inner step (``video/post_adaptation``), each task
 written on its frames), ``progress.csv``, atomic checkpoints (``--resume`` continues exactly: videos draw
 from their own random streams), and ``metrics.json`` (printed as the last line).
+
+Data parallel (issue 6)::
+
+    torchrun --standalone --nproc_per_node=2 scripts/train_locomotion.py --env HalfCheetahVel --device cpu
+
+each process samples its share of the meta-batch (its own tasks, env seeds and action noise) and TRPO's
+gradient, Fisher-vector products and line-search values are averaged over the processes, so every process
+takes the same step (:class:`rkmeta_rl.rl.algorithm.MetaTRPO`). Rank 0 alone logs, renders videos and writes
+checkpoints (every rank's random state inside: ``--resume`` under torchrun continues exactly) and
+``metrics.json``; ``--time-budget`` stops all ranks together. Without torchrun nothing changes.
+
+Devices: ``--device cuda`` puts the policy, the episodes and the meta-update on the GPU; MuJoCo steps on the
+CPU, with one batched host-to-device copy of the observations (and one device-to-host copy of the actions)
+per time step.
 """
 
 from __future__ import annotations
@@ -47,6 +61,7 @@ from tqdm.auto import tqdm
 
 from rkmeta_rl import video as rk_video  # sets MUJOCO_GL for offscreen rendering before mujoco is imported
 from rkmeta_rl.checkpoint import FINAL, LATEST, latest_checkpoint
+from rkmeta_rl.distributed import DistInfo, all_reduce_max, destroy, init_distributed, split_batch
 from rkmeta_rl.envs.locomotion import LOCOMOTION_IDS
 from rkmeta_rl.envs.protocol import TaskFamilyError
 from rkmeta_rl.logger import make_logger
@@ -105,6 +120,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--video-horizon", type=int, default=None, help="steps per video (default: the horizon)")
     p.add_argument("--video-size", default="160x120", help="frame size WxH per task")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                   help="under torchrun: collective timeout (default $RKMETA_DIST_TIMEOUT or 120); keep it above "
+                        "the time rank 0 takes to render a video")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--verbose", action="store_true", help="print the logger table every iteration")
     return p.parse_args(argv)
@@ -154,8 +172,9 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def build(args: argparse.Namespace) -> tuple[MetaTRPO, str]:
-    """Validate the flags, import ``--module``s, resolve ``--env`` and build the model (all before any work)."""
+def build(args: argparse.Namespace, dist: DistInfo | None = None) -> tuple[MetaTRPO, str]:
+    """Validate the flags, import ``--module``s, resolve ``--env`` and build the model (all before any work;
+    ``dist``: this process's place under torchrun)."""
     check_positive("iterations", args.iterations, integer=True)
     check_positive("meta_batch_size", args.meta_batch_size, integer=True)
     check_positive("fast_batch_size", args.fast_batch_size, integer=True)
@@ -193,7 +212,7 @@ def build(args: argparse.Namespace) -> tuple[MetaTRPO, str]:
         step_rule=args.step_rule, first_order=args.first_order, max_kl=args.max_kl, seed=args.seed,
         device=args.device, fvp_subsample=args.fvp_subsample, horizon=args.horizon,
         policy_kwargs={"hidden_sizes": hidden, "activation": args.activation}, sampler=args.sampler,
-        num_workers=args.num_workers,
+        num_workers=args.num_workers, dist=dist,
     )
     return model, env_id
 
@@ -226,7 +245,8 @@ def log_videos(model: MetaTRPO, tasks: list[Any], it: int, args: argparse.Namesp
     params = {k: v.detach() for k, v in model.policy.params().items()}
     state = model.rng_state()
     try:
-        eps = model.sampler.sample(tasks, params, model.fast_batch_size, torch.Generator().manual_seed(30_000 + it))
+        eps = model.sampler.sample(tasks, params, model.fast_batch_size,
+                                   torch.Generator(device=model.device).manual_seed(30_000 + it))
         eps.compute_advantages(model.baseline, model.gamma, model.gae_lambda, model.normalize_advantages)
         adapted = model.meta_step.adapt(params, [eps.flat()])
     finally:
@@ -244,11 +264,26 @@ def log_videos(model: MetaTRPO, tasks: list[Any], it: int, args: argparse.Namesp
 
 # ---- main -------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> dict:
+    """Train (under torchrun: this rank's part of a data-parallel run); returns the metrics."""
     args = parse_args(argv)
     set_threads(args.threads)
     try:
-        model, env_id = build(args)
-    except (ValueError, TaskFamilyError) as err:
+        dist = init_distributed(args.device, timeout_s=args.dist_timeout)
+        check_positive("meta_batch_size", args.meta_batch_size, integer=True)
+        split_batch(args.meta_batch_size, dist.rank, dist.world_size)
+    except ValueError as err:
+        destroy()
+        sys.exit(f"error: {err}")
+    try:
+        return _run(args, dist)
+    finally:
+        destroy()
+
+
+def _run(args: argparse.Namespace, dist: DistInfo) -> dict:
+    try:
+        model, env_id = build(args, dist)
+    except (ValueError, RuntimeError, TaskFamilyError) as err:
         sys.exit(f"error: {err}")
     logdir = args.logdir or os.path.join("runs", f"{family_name(env_id)}-{model.tableau.name}-s{args.seed}")
     history: list[dict[str, float]] = []
@@ -259,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict:
             sys.exit(f"error: --resume: no checkpoint in {logdir}")
         fresh_kwargs = dict(model._init_kwargs)
         model.close()
-        model = MetaTRPO.load(ckpt, device=args.device, num_workers=args.num_workers)
+        model = MetaTRPO.load(ckpt, device=args.device, dist=dist, num_workers=args.num_workers)
         if model.env_id != env_id:
             sys.exit(f"error: --resume: the checkpoint was trained on {model.env_id!r}, this run asks for {env_id!r}")
         for key in RESUME_KEYS:
@@ -268,9 +303,11 @@ def main(argv: list[str] | None = None) -> dict:
                          f"this run asks for {fresh_kwargs.get(key)!r}")
         extra = MetaTRPO.load_extra(ckpt)
         history, elapsed = list(extra.get("history", [])), float(extra.get("elapsed", 0.0))
-    os.makedirs(logdir, exist_ok=True)
-    model.set_logger(make_logger(logdir, resume=args.resume, verbose=args.verbose))
-    videos = args.video_interval > 0
+    if dist.is_main:
+        os.makedirs(logdir, exist_ok=True)
+    # only rank 0 logs and renders; the other ranks get a logger that writes nowhere
+    model.set_logger(make_logger(logdir if dist.is_main else None, resume=args.resume, verbose=args.verbose))
+    videos = args.video_interval > 0 and dist.is_main
     if videos and not renderable(model):
         _log.warning("%s is not a MuJoCo env: no videos", env_id)
         videos = False
@@ -278,10 +315,11 @@ def main(argv: list[str] | None = None) -> dict:
     video_tasks = model.sampler.sample_tasks(args.video_tasks, np.random.default_rng(10_000 + args.seed)) \
         if videos else []
 
-    def save(name: str) -> None:
+    def save(name: str) -> None:  # collective: every rank calls it, rank 0 writes
         model.save(os.path.join(logdir, name), extra={"history": history, "elapsed": elapsed, "env": env_id})
 
-    bar = tqdm(total=args.iterations, initial=model.num_iterations, disable=args.no_progress, unit="it",
+    bar = tqdm(total=args.iterations, initial=model.num_iterations, disable=args.no_progress or not dist.is_main,
+               unit="it",
                desc=f"{family_name(env_id)}[{model.tableau.name}]", dynamic_ncols=True)
     t_start = time.perf_counter() - elapsed
     stopped_by_budget = False
@@ -310,9 +348,13 @@ def main(argv: list[str] | None = None) -> dict:
                             post=f"{stats.get('rollout/post_return', float('nan')):.1f}", refresh=False)
             if it % args.checkpoint_interval == 0:
                 save(LATEST)
-            if args.time_budget is not None and elapsed >= 60.0 * args.time_budget:
-                stopped_by_budget = True
-                break
+            if args.time_budget is not None:
+                over = elapsed >= 60.0 * args.time_budget
+                if dist.distributed:  # the ranks must stop together: any rank over its budget stops all
+                    over = all_reduce_max([float(over)])[0] > 0
+                if over:
+                    stopped_by_budget = True
+                    break
     finally:
         bar.close()
     save(LATEST)
@@ -328,14 +370,15 @@ def main(argv: list[str] | None = None) -> dict:
         "env_steps": model.num_timesteps, "horizon": model.sampler.horizon, "inner_lr": model.inner_lr,
         "adapt_lr": model.alpha, "meta_batch_size": model.meta_batch_size, "fast_batch_size": model.fast_batch_size,
         "fvp_subsample": args.fvp_subsample, "num_workers": args.num_workers, "seed": args.seed,
-        "stopped_by_time_budget": stopped_by_budget,
+        "stopped_by_time_budget": stopped_by_budget, "world_size": dist.world_size, "device": str(model.device),
         "history": {"pre_return": [h["pre_return"] for h in history],
                     "post_return": [h["post_return"] for h in history]},
     }
-    write_json_atomic(os.path.join(logdir, "metrics.json"), metrics)
     model.logger.close()
     model.close()
-    print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
+    if dist.is_main:
+        write_json_atomic(os.path.join(logdir, "metrics.json"), metrics)
+        print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
     return metrics
 
 

@@ -14,6 +14,16 @@ The run directory gets TensorBoard events (``rollout/`` pre/post-adaptation retu
 surrogate improvement, line-search steps, CG residual, ``time/`` env steps and timings, and every
 ``--figure-interval`` iterations a figure of trajectories before and after adaptation), ``progress.csv``,
 atomic checkpoints (``--resume`` continues exactly), and ``metrics.json`` (printed as the last line).
+
+Data parallel (issue 6)::
+
+    torchrun --standalone --nproc_per_node=2 scripts/train_nav.py --method ralston --device cpu
+
+each process samples its share of the meta-batch from its own task / action-noise stream, and TRPO's gradient,
+Fisher-vector products and line-search values are averaged over the processes (the full meta-batch means), so
+every process takes the same step (:class:`rkmeta_rl.rl.algorithm.MetaTRPO`). Rank 0 alone logs, renders the
+figures and writes checkpoints (holding every rank's random state, so ``--resume`` under torchrun with the same
+number of processes continues exactly) and ``metrics.json``. Without torchrun nothing changes.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from stable_baselines3.common.logger import Figure
 from tqdm.auto import tqdm
 
 from rkmeta_rl.checkpoint import FINAL, LATEST, latest_checkpoint
+from rkmeta_rl.distributed import DistInfo, destroy, init_distributed, split_batch
 from rkmeta_rl.logger import make_logger
 from rkmeta_rl.rk import get_tableau
 from rkmeta_rl.rl.algorithm import MetaTRPO
@@ -68,12 +79,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-interval", type=int, default=5)
     p.add_argument("--figure-interval", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                   help="under torchrun: collective timeout (default $RKMETA_DIST_TIMEOUT or 120)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--verbose", action="store_true", help="print the logger table every iteration")
     return p.parse_args(argv)
 
 
-def build(args: argparse.Namespace) -> tuple[MetaTRPO, int]:
+def build(args: argparse.Namespace, dist: DistInfo | None = None) -> tuple[MetaTRPO, int]:
+    """Validate the flags and build the model (``dist``: this process's place under torchrun)."""
     preset = PRESETS[args.config]
     pick = lambda v, k: preset[k] if v is None else v  # noqa: E731
     iterations = pick(args.iterations, "iterations")
@@ -94,18 +108,35 @@ def build(args: argparse.Namespace) -> tuple[MetaTRPO, int]:
         fast_batch_size=pick(args.fast_batch_size, "fast_batch_size"), inner_lr=pick(args.inner_lr, "inner_lr"),
         inner_steps=args.inner_steps, step_rule=args.step_rule, first_order=args.first_order, max_kl=args.max_kl,
         seed=args.seed, device=args.device, fvp_subsample=args.fvp_subsample,
-        policy_kwargs={"hidden_sizes": preset["hidden"], "activation": preset["activation"]},
+        policy_kwargs={"hidden_sizes": preset["hidden"], "activation": preset["activation"]}, dist=dist,
     )
     return model, iterations
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Train (under torchrun: this rank's part of a data-parallel run); returns the metrics."""
     args = parse_args(argv)
     set_threads(args.threads)
+    try:
+        dist = init_distributed(args.device, timeout_s=args.dist_timeout)
+        preset = PRESETS[args.config]
+        meta_batch = preset["meta_batch_size"] if args.meta_batch_size is None else args.meta_batch_size
+        check_positive("meta_batch_size", meta_batch, integer=True)
+        split_batch(meta_batch, dist.rank, dist.world_size)
+    except ValueError as err:
+        destroy()
+        sys.exit(f"error: {err}")
+    try:
+        return _run(args, dist)
+    finally:
+        destroy()
+
+
+def _run(args: argparse.Namespace, dist: DistInfo) -> dict:
     logdir = args.logdir or os.path.join("runs", f"nav-{args.method}-{args.config}-s{args.seed}")
     try:
-        model, iterations = build(args)
-    except ValueError as err:
+        model, iterations = build(args, dist)
+    except (ValueError, RuntimeError) as err:
         sys.exit(f"error: {err}")
     history: list[dict[str, float]] = []
     elapsed = 0.0
@@ -114,24 +145,26 @@ def main(argv: list[str] | None = None) -> dict:
         if ckpt is None:
             sys.exit(f"error: --resume: no checkpoint in {logdir}")
         fresh_kwargs = dict(model._init_kwargs)
-        model = MetaTRPO.load(ckpt, device=args.device)
+        model = MetaTRPO.load(ckpt, device=args.device, dist=dist)
         for key in ("method", "meta_batch_size", "fast_batch_size", "inner_lr", "seed", "policy_kwargs"):
             if model._init_kwargs.get(key) != fresh_kwargs.get(key):
                 sys.exit(f"error: --resume: the checkpoint was trained with {key}={model._init_kwargs.get(key)!r}, "
                          f"this run asks for {fresh_kwargs.get(key)!r}")
         extra = MetaTRPO.load_extra(ckpt)
         history, elapsed = list(extra.get("history", [])), float(extra.get("elapsed", 0.0))
-    os.makedirs(logdir, exist_ok=True)
-    model.set_logger(make_logger(logdir, resume=args.resume, verbose=args.verbose))
+    if dist.is_main:
+        os.makedirs(logdir, exist_ok=True)
+    # only rank 0 logs; the other ranks get a logger that writes nowhere
+    model.set_logger(make_logger(logdir if dist.is_main else None, resume=args.resume, verbose=args.verbose))
     # tasks for the periodic trajectory figure, drawn from their own stream (training's is untouched)
     fig_tasks = model.sampler.sample_tasks(3, np.random.default_rng(10_000 + args.seed))
 
-    def save(name: str) -> None:
+    def save(name: str) -> None:  # collective: every rank calls it, rank 0 writes
         model.save(os.path.join(logdir, name), extra={"history": history, "elapsed": elapsed,
                                                       "config": args.config})
 
-    bar = tqdm(total=iterations, initial=model.num_iterations, disable=args.no_progress, unit="it",
-               desc=f"nav[{model.tableau.name}]", dynamic_ncols=True)
+    bar = tqdm(total=iterations, initial=model.num_iterations, disable=args.no_progress or not dist.is_main,
+               unit="it", desc=f"nav[{model.tableau.name}]", dynamic_ncols=True)
     t_start = time.perf_counter() - elapsed
     try:
         while model.num_iterations < iterations:
@@ -148,9 +181,10 @@ def main(argv: list[str] | None = None) -> dict:
             for k, v in stats.items():
                 model.logger.record(k, v)
             model.logger.record("time/elapsed_s", elapsed)
-            if args.figure_interval and (it % args.figure_interval == 0 or it == 1):
+            if dist.is_main and args.figure_interval and (it % args.figure_interval == 0 or it == 1):
                 fig = trajectory_figure(model.sampler, model.meta_step, model.policy.params(), fig_tasks,
-                                        torch.Generator().manual_seed(20_000 + it), title=f"iteration {it}")
+                                        torch.Generator(device=model.device).manual_seed(20_000 + it),
+                                        title=f"iteration {it}")
                 model.logger.record("rollout/trajectories", Figure(fig, close=True), exclude=("stdout", "csv"))
             model.logger.dump(step=it)
             bar.update(1)
@@ -169,13 +203,15 @@ def main(argv: list[str] | None = None) -> dict:
         "post_return": float(np.mean([h["post_return"] for h in last])),
         "seconds": round(elapsed, 1), "seconds_per_iteration": round(elapsed / max(1, model.num_iterations), 3),
         "env_steps": model.num_timesteps, "inner_lr": model.inner_lr, "adapt_lr": model.alpha,
-        "fvp_subsample": args.fvp_subsample, "seed": args.seed,
+        "fvp_subsample": args.fvp_subsample, "seed": args.seed, "world_size": dist.world_size,
+        "device": str(model.device),
         "history": {"pre_return": [h["pre_return"] for h in history],
                     "post_return": [h["post_return"] for h in history]},
     }
-    write_json_atomic(os.path.join(logdir, "metrics.json"), metrics)
     model.logger.close()
-    print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
+    if dist.is_main:
+        write_json_atomic(os.path.join(logdir, "metrics.json"), metrics)
+        print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
     return metrics
 
 

@@ -100,7 +100,8 @@ def _run(args: argparse.Namespace, cfg: MetaTrainConfig, is_main: bool) -> dict:
         "mse_1_step": res["mean"][1], "mse_1_step_ci95": res["ci95"][1],
         f"mse_{steps}_steps": res["mean"][steps], f"mse_{steps}_steps_ci95": res["ci95"][steps],
         "mse_per_step": res["mean"], "eval_tasks": cfg.final_eval_tasks,
-        f"mse_{steps}_steps_median": float(np.median(per_task[:, steps])),
+        # a task whose adaptation blew up to NaN counts as infinitely bad, not as missing
+        f"mse_{steps}_steps_median": float(np.median(np.nan_to_num(per_task[:, steps], nan=np.inf))),
         "diverged_fraction_per_step": diverged,
         "wall_seconds_this_process": round(time.perf_counter() - t0, 2),
     })

@@ -18,6 +18,7 @@ inner learning rate 0.16 (MAML's alpha; ``step_rule="tableau"`` makes ``midpoint
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any, Callable, Mapping
 
 import gymnasium as gym
@@ -28,15 +29,36 @@ from stable_baselines3.common.utils import configure_logger
 
 from .. import envs as _envs  # noqa: F401  (registers the built-in task families)
 from ..checkpoint import save_checkpoint
+from ..distributed import (DistInfo, all_gather_objects, all_reduce_mean, broadcast_params, current_dist,
+                           rank_seed, split_batch)
 from ..envs.protocol import TaskFamilyError, validate_task_family
 from ..rk import TableauSpec, get_tableau
 from .baseline import LinearFeatureBaseline
 from .episodes import Episodes
-from .meta_trpo import MetaTRPOStep
+from .meta_trpo import MetaTRPOStep, Reducer
 from .policy import GaussianMLPPolicy, Params
 from .sampler import Sampler, make_sampler
 
-__all__ = ["MetaTRPO", "REFERENCE_NAV_KWARGS", "BUILTIN_ENV_IDS", "check_task_family"]
+__all__ = ["MetaTRPO", "REFERENCE_NAV_KWARGS", "BUILTIN_ENV_IDS", "check_task_family", "resolve_device"]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA if available, else CPU; ``"cuda"`` -> the current CUDA device (under torchrun the one
+    :func:`~rkmeta_rl.distributed.init_distributed` pinned). Never falls back silently.
+
+    Raises:
+        RuntimeError: CUDA was asked for but is not available.
+    """
+    if isinstance(device, str) and device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {str(device)!r} asked for, but CUDA is not available (use --device cpu "
+                               "or auto)")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
 
 #: Ids of the built-in task families (tested; :func:`check_task_family` skips them).
 BUILTIN_ENV_IDS: frozenset[str] = frozenset((_envs.NAVIGATION_ID, *_envs.LOCOMOTION_IDS.values()))
@@ -96,7 +118,10 @@ class MetaTRPO:
         gamma, gae_lambda: discount and GAE lambda.
         first_order: drop second-order terms through the inner step.
         seed: seeds task sampling, policy initialisation and action noise.
-        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``...
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` (raises when CUDA is not available; never
+            falls back to the CPU). With CUDA the policy, the action noise (a CUDA generator), a batched twin's
+            envs (2D navigation), the episodes and the whole meta-update live on the GPU; Gymnasium / MuJoCo
+            families step on the CPU with one batched host-to-device transfer of the observations per time step.
         tensorboard_log: folder for TensorBoard runs (``MetaTRPO_<n>`` inside), or None.
         policy_kwargs: ``hidden_sizes``, ``activation``, ``init_log_std``.
         verbose: 1 also logs to stdout.
@@ -109,6 +134,20 @@ class MetaTRPO:
         num_workers: worker processes of the batched sampler (1: in-process, the fastest on few cores). Results
             do not depend on it.
         check_env: validate a family that is not built in (:func:`check_task_family`).
+        dist: data parallelism (issue 6; default: the initialised ``torch.distributed`` group, if any, see
+            :func:`rkmeta_rl.distributed.init_distributed`). With ``world_size > 1`` each process samples its
+            share ``split_batch(meta_batch_size, rank, world_size)`` of the meta-batch from its own streams
+            (tasks, env seeds and action noise seeded with ``rank_seed(seed, rank)``; rank 0's are the
+            one-process streams), the parameters are broadcast from rank 0 once, and the TRPO gradient, every
+            Fisher-vector product and the line search's objective and KL are averaged over the processes
+            weighted by their task counts (the full meta-batch means), so every process takes the same step.
+            The constructor, :meth:`train_iteration`, :meth:`learn`, :meth:`rng_state` and :meth:`save` are
+            then collective (every rank calls them in the same order); the rollout statistics are all-reduced
+            means over the whole meta-batch.
+
+    Random streams: the policy is initialised from ``seed`` (CPU generator); on CPU, rank 0's action noise
+    continues that generator (as before data parallelism), on CUDA it is a CUDA generator seeded with
+    ``rank_seed(seed, rank)``.
     """
 
     def __init__(
@@ -140,6 +179,7 @@ class MetaTRPO:
         sampler: str = "auto",
         num_workers: int = 1,
         check_env: bool = True,
+        dist: DistInfo | None = None,
     ) -> None:
         if policy != "MlpPolicy":
             raise ValueError(f"only 'MlpPolicy' is supported, got {policy!r}")
@@ -157,8 +197,10 @@ class MetaTRPO:
         self.gamma, self.gae_lambda = float(gamma), float(gae_lambda)
         self.first_order = bool(first_order)
         self.seed = int(seed)
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if device == "auto" else device))
+        self.dist: DistInfo = dist if dist is not None else current_dist()
+        #: tasks this process samples per meta-iteration (the whole meta-batch without data parallelism)
+        self.local_batch_size = split_batch(self.meta_batch_size, self.dist.rank, self.dist.world_size)
+        self.device = resolve_device(device)
         self.tensorboard_log = tensorboard_log
         self.policy_kwargs = dict(policy_kwargs or {})
         self.verbose = int(verbose)
@@ -177,12 +219,21 @@ class MetaTRPO:
 
         obs_dim = int(np.prod(self.env.observation_space.shape))
         act_dim = int(np.prod(self.env.action_space.shape))
-        self.generator = torch.Generator(device="cpu").manual_seed(self.seed)
-        self.rng = np.random.default_rng(self.seed)
-        self.policy = GaussianMLPPolicy(obs_dim, act_dim, generator=self.generator, device=self.device,
+        stream_seed = rank_seed(self.seed, self.dist.rank)
+        init_gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        self.policy = GaussianMLPPolicy(obs_dim, act_dim, generator=init_gen, device=self.device,
                                         **self.policy_kwargs)
+        # every rank initialises from the same seed; the broadcast guards against any divergence
+        if self.dist.distributed:
+            broadcast_params(self.policy.params(), src=0)
+        if self.device.type == "cpu":
+            # rank 0 continues the initialisation stream (exactly the one-process stream)
+            self.generator = init_gen if self.dist.rank == 0 else init_gen.manual_seed(stream_seed)
+        else:
+            self.generator = torch.Generator(device=self.device).manual_seed(stream_seed)
+        self.rng = np.random.default_rng(stream_seed)
         self.sampler: Sampler = make_sampler(self.env if self.env_id is None else self.env_id, self.policy,
-                                             horizon=horizon, device=self.device, seed=self.seed,
+                                             horizon=horizon, device=self.device, seed=stream_seed,
                                              sampler=sampler, num_workers=num_workers)
         self.meta_step = MetaTRPOStep(self.policy, self.tableau, inner_lr=self.inner_lr, inner_steps=self.inner_steps,
                                       step_rule=step_rule, first_order=self.first_order, **self._trpo_kwargs)
@@ -199,8 +250,11 @@ class MetaTRPO:
 
     @property
     def logger(self) -> Logger:
+        """The SB3 logger (created on first use; writes nowhere on ranks other than 0)."""
         if self._logger is None:
-            self._logger = configure_logger(self.verbose, self.tensorboard_log, "MetaTRPO")
+            # under data parallelism only rank 0 logs; the others get a logger that writes nowhere
+            self._logger = configure_logger(self.verbose, self.tensorboard_log, "MetaTRPO") if self.dist.is_main \
+                else Logger(folder=None, output_formats=[])
         return self._logger
 
     def set_logger(self, logger: Logger) -> None:
@@ -217,10 +271,20 @@ class MetaTRPO:
         eps = self.sampler.sample(tasks, params, self.fast_batch_size, self.generator)
         return eps.compute_advantages(self.baseline, self.gamma, self.gae_lambda, self.normalize_advantages)
 
+    def _reducer(self) -> Reducer | None:
+        """The task-count weighted mean over processes, or ``None`` without data parallelism."""
+        if not self.dist.distributed:
+            return None
+        weight = float(self.local_batch_size)
+        return lambda tensors: all_reduce_mean(tensors, weight=weight)
+
     def train_iteration(self) -> dict[str, float]:
-        """One meta-iteration: sample tasks, D0, adapt, D1, TRPO meta-update. Returns its statistics."""
+        """One meta-iteration: sample tasks, D0, adapt, D1, TRPO meta-update. Returns its statistics.
+
+        Collective under data parallelism (see the class docstring): the statistics are full-batch means, the
+        same on every process (``time/*`` are this process's)."""
         t0 = time.perf_counter()
-        tasks = self.sampler.sample_tasks(self.meta_batch_size, self.rng)
+        tasks = self.sampler.sample_tasks(self.local_batch_size, self.rng)
         params = self.policy.params()
         d0 = self._sample(tasks, params)
         train = [d0.flat()]
@@ -240,8 +304,16 @@ class MetaTRPO:
             stats["rollout/post_return"] = float(d1.episode_returns().mean())
             stats["rollout/post_ep_len"] = float(d1.lengths().mean())
         stats["rollout/pre_ep_len"] = float(d0.lengths().mean())
+        reduce = self._reducer()
+        if reduce is not None:
+            # every task has fast_batch_size episodes, so the task-count weighted mean is the full-batch mean
+            keys = sorted(stats)
+            reduced = reduce([torch.tensor([stats[k] for k in keys] + [steps / self.local_batch_size],
+                                           dtype=torch.float64)])[0].tolist()
+            stats = dict(zip(keys, reduced[:-1]))
+            steps = int(round(reduced[-1] * self.meta_batch_size))  # mean steps per task x all tasks
         t1 = time.perf_counter()
-        trpo = self.meta_step.step(params, train, valid)
+        trpo = self.meta_step.step(params, train, valid, reduce)
         t2 = time.perf_counter()
         self.num_iterations += 1
         self.num_timesteps += steps
@@ -268,7 +340,7 @@ class MetaTRPO:
         iterator: Any = range(int(total_iterations))
         if progress_bar:
             from tqdm.auto import tqdm
-            iterator = tqdm(iterator, desc=f"MetaTRPO[{self.tableau.name}]")
+            iterator = tqdm(iterator, desc=f"MetaTRPO[{self.tableau.name}]", disable=not self.dist.is_main)
         for _ in iterator:
             stats = self.train_iteration()
             for k, v in stats.items():
@@ -314,7 +386,7 @@ class MetaTRPO:
 
     # ---- persistence ------------------------------------------------------------------------------------
     def rng_state(self) -> dict[str, Any]:
-        """The random state of task sampling, action noise and env seeding (for an exact ``--resume``)."""
+        """This process's random state of task sampling, action noise and env seeding (for an exact resume)."""
         state: dict[str, Any] = {"torch": self.generator.get_state(), "numpy": self.rng.bit_generator.state}
         seed_rng = getattr(self.sampler, "_seed_rng", None)
         if seed_rng is not None:
@@ -333,10 +405,16 @@ class MetaTRPO:
         """Save configuration, policy parameters, counters and random state, atomically (temporary file, then
         rename), loadable with ``torch.load(..., weights_only=True)``.
 
+        Collective under data parallelism: every rank's random state is gathered (``rngs``, in rank order;
+        ``rng`` is rank 0's, as in one-process checkpoints) and rank 0 alone writes the file.
+
         Args:
             path: file to write.
             extra: more plain data to keep (e.g. a training script's history); returned by :meth:`load_extra`.
         """
+        rngs = all_gather_objects(self.rng_state()) if self.dist.distributed else [self.rng_state()]
+        if not self.dist.is_main:
+            return
         save_checkpoint(path, {
             "format": "rkmeta_rl.MetaTRPO/1",
             "env_id": self.env_id,
@@ -345,7 +423,9 @@ class MetaTRPO:
             "params": {k: v.detach().cpu() for k, v in self.policy.params().items()},
             "num_iterations": self.num_iterations,
             "num_timesteps": self.num_timesteps,
-            "rng": self.rng_state(),
+            "rng": rngs[0],
+            "rngs": rngs,
+            "world_size": self.dist.world_size,
             "extra": dict(extra or {}),
         })
 
@@ -356,20 +436,41 @@ class MetaTRPO:
 
     @classmethod
     def load(cls, path: str, env: str | gym.Env | None = None, device: str | torch.device = "auto",
-             **overrides: Any) -> "MetaTRPO":
-        """Rebuild a model saved by :meth:`save` (``env`` overrides the saved id)."""
+             dist: DistInfo | None = None, **overrides: Any) -> "MetaTRPO":
+        """Rebuild a model saved by :meth:`save` (``env`` overrides the saved id).
+
+        Under data parallelism (collective; every rank reads ``path``) rank r restores rank r's saved random
+        state. A checkpoint written by a different number of processes warns: ranks without a saved state are
+        reseeded from ``(seed, rank, iteration)``, so the continuation is not exact.
+        """
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         kwargs = dict(ckpt["kwargs"])
         kwargs.update(overrides)
         env_ = env if env is not None else ckpt["env_id"]
         if env_ is None:
             raise ValueError("the model was trained on an unregistered env instance: pass env=")
-        model = cls("MlpPolicy", env_, device=device, **kwargs)
+        model = cls("MlpPolicy", env_, device=device, dist=dist, **kwargs)
         with torch.no_grad():
             for k, v in model.policy.params().items():
                 v.copy_(ckpt["params"][k])
         model.num_iterations = int(ckpt["num_iterations"])
         model.num_timesteps = int(ckpt["num_timesteps"])
-        if "rng" in ckpt:
-            model.set_rng_state(ckpt["rng"])
+        rngs = ckpt.get("rngs", [ckpt["rng"]] if "rng" in ckpt else [])
+        rank, world = model.dist.rank, model.dist.world_size
+        if rngs and int(ckpt.get("world_size", len(rngs))) != world:
+            warnings.warn(f"resume: the checkpoint was written by {ckpt.get('world_size', len(rngs))} process(es), "
+                          f"this run has {world}; parameters continue, but the random streams of ranks without a "
+                          "saved state are reseeded, so the run is not an exact continuation", RuntimeWarning,
+                          stacklevel=2)
+        if rank < len(rngs):
+            model.set_rng_state(rngs[rank])
+        elif rngs:
+            model._reseed(rank_seed(model.seed + model.num_iterations, rank))
         return model
+
+    def _reseed(self, seed: int) -> None:
+        """Reseed task sampling, action noise and env seeding (a rank without a saved random state)."""
+        self.generator.manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        if getattr(self.sampler, "_seed_rng", None) is not None:
+            self.sampler._seed_rng = np.random.default_rng(seed)  # type: ignore[attr-defined]

@@ -35,7 +35,10 @@ from .fisher import GaussNewtonFVP, MLPCache, supports_gauss_newton
 from .policy import GaussianMLPPolicy, Params, gaussian_log_prob, per_task
 from .trpo import TRPOStats, flatten, trpo_update, unflatten
 
-__all__ = ["MetaTRPOStep", "Prepared", "reinforce_loss", "surrogate_loss", "kl_to"]
+__all__ = ["MetaTRPOStep", "Prepared", "Reducer", "reinforce_loss", "surrogate_loss", "kl_to"]
+
+#: ``tensors -> tensors``: the data-parallel (task-count weighted) mean over processes of per-process means.
+Reducer = Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]
 
 
 def reinforce_loss(policy: GaussianMLPPolicy, params: Mapping[str, torch.Tensor], batch: FlatBatch) -> torch.Tensor:
@@ -335,9 +338,20 @@ class MetaTRPOStep:
         return float(j.item()), flat_grad, old, fisher
 
     # ---- the meta-update ---------------------------------------------------------------------------
-    def prepare(self, params: Mapping[str, torch.Tensor], train: Sequence[FlatBatch], valid: FlatBatch | None
-                ) -> "Prepared":
-        """Everything TRPO needs at ``theta_old = params``: loss, gradient, Fisher-vector product, evaluator."""
+    def prepare(self, params: Mapping[str, torch.Tensor], train: Sequence[FlatBatch], valid: FlatBatch | None,
+                reduce: Reducer | None = None) -> "Prepared":
+        """Everything TRPO needs at ``theta_old = params``: loss, gradient, Fisher-vector product, evaluator.
+
+        Args:
+            params: ``theta_old``.
+            train, valid: this process's episodes.
+            reduce: data parallelism (issue 6): ``tensors -> tensors`` averaging over the processes, weighted by
+                their task counts (:func:`rkmeta_rl.distributed.all_reduce_mean`). The loss, the gradient, every
+                undamped Fisher-vector product and the line search's ``(J, KL)`` are means over this process's
+                tasks; passed through ``reduce`` they are the means over the whole meta-batch, identical on
+                every process, so CG and the line search take the same decisions everywhere. ``None``: one
+                process.
+        """
         names = list(params)
         theta = {k: params[k].detach().clone().requires_grad_(True) for k in names}
         leaves = [theta[k] for k in names]
@@ -348,7 +362,10 @@ class MetaTRPOStep:
 
             def fvp(v: torch.Tensor) -> torch.Tensor:
                 with torch.no_grad():
-                    return fisher(v) + self.cg_damping * v
+                    fv = fisher(v)
+                    if reduce is not None:
+                        fv = reduce([fv])[0]
+                    return fv + self.cg_damping * v
         else:
             with torch.enable_grad():
                 j_old, kl_old, old = self.objective(theta, train, valid, None, create_graph=True)
@@ -365,31 +382,40 @@ class MetaTRPOStep:
                 with torch.enable_grad():
                     hv = torch.autograd.grad(flat_kl_grad, leaves, grad_outputs=v, retain_graph=True,
                                              allow_unused=True)
-                return flatten([torch.zeros_like(w) if h is None else h for w, h in zip(leaves, hv)]).detach() \
-                    + self.cg_damping * v
+                fv = flatten([torch.zeros_like(w) if h is None else h for w, h in zip(leaves, hv)]).detach()
+                if reduce is not None:
+                    fv = reduce([fv])[0]
+                return fv + self.cg_damping * v
 
         def evaluate(flat: torch.Tensor) -> tuple[float, float]:
             cand = {k: v.detach().requires_grad_(True) for k, v in unflatten(flat, theta).items()}
             with torch.enable_grad():
                 j_new, kl_new, _ = self.objective(cand, train, valid, old, create_graph=False)
+            if reduce is not None:
+                j_new, kl_new = reduce([torch.stack([j_new.detach(), kl_new.detach()]).double()])[0].tolist()
+                return float(j_new), float(kl_new)
             return float(j_new.item()), float(kl_new.item())
 
+        if reduce is not None:
+            g_loss = reduce([g, torch.tensor([loss], dtype=torch.float64, device=g.device)])
+            g, loss = g_loss[0], float(g_loss[1].item())
         theta0 = flatten({k: v.detach() for k, v in theta.items()})
         return Prepared(theta0, g, fvp, evaluate, loss, old, theta)
 
     def step(self, params: Mapping[str, torch.nn.Parameter], train: Sequence[FlatBatch],
-             valid: FlatBatch | None = None) -> dict[str, float]:
+             valid: FlatBatch | None = None, reduce: Reducer | None = None) -> dict[str, float]:
         """One TRPO meta-update of ``params`` in place.
 
         Args:
             params: the policy's parameters (``policy.params()``), updated in place.
             train: D0 batches, one per inner step (only the first is used by a one-stage method).
             valid: D1, episodes sampled with the adapted policies (required for two-stage methods).
+            reduce: the data-parallel average over processes (see :meth:`prepare`); ``None``: one process.
 
         Returns:
             TRPO diagnostics (:class:`~rkmeta_rl.rl.trpo.TRPOStats` fields).
         """
-        prep = self.prepare(params, train, valid)
+        prep = self.prepare(params, train, valid, reduce)
         new_flat, stats = trpo_update(prep.theta, prep.grad, prep.fvp, prep.evaluate, prep.loss, self.max_kl,
                                       self.cg_iters, self.ls_backtrack_ratio, self.ls_max_steps)
         with torch.no_grad():

@@ -92,10 +92,12 @@ class GaussianMLPPolicy(nn.Module):
         sizes = (self.obs_dim, *self.hidden_sizes, self.act_dim)
         self.num_layers = len(sizes) - 1
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            w = torch.empty(fan_out, fan_in, dtype=dtype, device=device)
+            # drawn on the generator's device (a CPU generator can initialise a CUDA policy), then moved once
+            w = torch.empty(fan_out, fan_in, dtype=dtype, device=device if generator is None else generator.device)
             bound = math.sqrt(6.0 / (fan_in + fan_out))  # xavier_uniform_
             with torch.no_grad():
                 w.uniform_(-bound, bound, generator=generator)
+            w = w.to(device)
             self.register_parameter(f"w{i}", nn.Parameter(w))
             self.register_parameter(f"b{i}", nn.Parameter(torch.zeros(fan_out, dtype=dtype, device=device)))
         self.log_std = nn.Parameter(torch.full((self.act_dim,), self.init_log_std, dtype=dtype, device=device))
