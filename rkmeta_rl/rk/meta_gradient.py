@@ -306,6 +306,8 @@ def _loop_task(plan: _Plan, theta: Params, support_loss: LossFn, query_loss: Los
                 if row[j] != 0.0:
                     cur = [w - plan.h * row[j] * g for w, g in zip(cur, dirs[j])]
         lm = query_loss(dict(zip(names, cur)), _stage_data(plan, data, m - 1))
+        if m == 2:  # the adapted point and its query loss are the diagnostics' "post" values: keep them
+            post_point, post_query = [w.detach() for w in cur], lm.detach()
         km = torch.autograd.grad(lm, leaves, create_graph=(m < s and not plan.first_order), allow_unused=True)
         ks.append([torch.zeros_like(w) if g is None else g for w, g in zip(leaves, km)])
     g_task = [sum(tab.a[i] * ks[i][n].detach() for i in range(s) if tab.a[i] != 0.0) for n in range(len(names))]
@@ -314,13 +316,18 @@ def _loop_task(plan: _Plan, theta: Params, support_loss: LossFn, query_loss: Los
         with torch.no_grad():
             th = {k: v.detach() for k, v in theta.items()}
             dq = _query_data(plan, data)
-            cur_p = {k: th[k] - plan.alpha * g.detach() for k, g in zip(names, k1)}
-        for _ in range(plan.inner_steps - 1):
-            cur_p = adapt(cur_p, support_loss, d0, plan.alpha, 1)
+        if s == 2:
+            # two stages: stage 2 already evaluated the query loss at the adapted point on this data
+            cur_p = dict(zip(names, post_point))
+        else:
+            with torch.no_grad():
+                cur_p = {k: th[k] - plan.alpha * g.detach() for k, g in zip(names, k1)}
+            for _ in range(plan.inner_steps - 1):
+                cur_p = adapt(cur_p, support_loss, d0, plan.alpha, 1)
         with torch.no_grad():
             out["query_pre"] = query_loss(th, dq)
             out["support_post"] = support_loss(cur_p, d0)
-            out["query_post"] = query_loss(cur_p, dq)
+            out["query_post"] = post_query if s == 2 else query_loss(cur_p, dq)
     return g_task, out
 
 
