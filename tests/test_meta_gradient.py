@@ -276,3 +276,17 @@ def test_compiled_equals_eager() -> None:
     for k in theta:
         torch.testing.assert_close(gc[k], ge[k], rtol=1e-5, atol=1e-6)
     assert sc["query_loss_post"] == pytest.approx(se["query_loss_post"], rel=1e-5)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_post_adaptation_stats_of_a_four_stage_method(theta, path) -> None:
+    """The diagnostics' adapted point is stage 2's: theta - alpha k1 on stage 1's support, scored on stage 2."""
+    ps = PerStage([make_data(3, seed=20 + i) for i in range(4)])
+    _, stats = meta_gradient(unflat(theta), support_loss, query_loss, ps, "rk4", 0.1, path=path)
+    alpha = get_tableau("rk4").inner_lr(0.1)
+    ref = []
+    for t in range(3):
+        d0, d1 = task(ps[0], t), task(ps[1], t)
+        post = theta - alpha * grad_flat(lambda u: support_loss(unflat(u), d0), theta)
+        ref.append(float(query_loss(unflat(post), d1)))
+    assert stats["query_loss_post"] == pytest.approx(sum(ref) / 3, rel=1e-12)

@@ -116,7 +116,7 @@ def adapt(
 
 def _validate(
     params: Mapping[str, torch.Tensor], method: TableauSpec, inner_lr: float, inner_steps: int, step_rule: str,
-    task_data: Any,
+    task_data: Any, first_order: bool,
 ) -> _Plan:
     tab = get_tableau(method)
     if not isinstance(params, Mapping) or not params:
@@ -139,7 +139,7 @@ def _validate(
                          f"that later stages are scored on data they did not adapt on")
     h = tab.step_size(float(inner_lr), step_rule)
     return _Plan(tab=tab, h=h, alpha=tab.inner_lr(float(inner_lr), step_rule), inner_steps=inner_steps,
-                 first_order=False)
+                 first_order=bool(first_order), per_stage=isinstance(task_data, PerStage))
 
 
 def _stage_data(plan: _Plan, data: Any, i: int) -> Any:
@@ -173,15 +173,17 @@ def _num_tasks(task_data: Any) -> int:
 
 def _func_stages(
     plan: _Plan, support_loss: LossFn, query_loss: LossFn, data: Any, m: int, theta: Params
-) -> tuple[list[Params], list[torch.Tensor]]:
-    """``[k_1, ..., k_m]`` and the stage losses, each a differentiable function of ``theta`` (torch.func)."""
+) -> tuple[list[Params], list[torch.Tensor], tuple[Params, torch.Tensor] | None]:
+    """``[k_1, ..., k_m]``, each a differentiable function of ``theta`` (torch.func), the support loss at
+    ``theta``, and (for ``m >= 2``) stage 2's adapted point and query loss, detached: exactly the diagnostics'
+    "post-adaptation" values, so they need not be computed again."""
     d0 = _stage_data(plan, data, 0)
     if m == 1:
         k1, l1 = grad_and_value(support_loss)(theta, d0)
-        return [k1], [l1]
+        return [k1], [l1], None
 
-    def stage_loss(t: Params) -> tuple[torch.Tensor, tuple[list[Params], list[torch.Tensor]]]:
-        ks, losses = _func_stages(plan, support_loss, query_loss, data, m - 1, t)
+    def stage_loss(t: Params) -> tuple[torch.Tensor, tuple[list[Params], list[torch.Tensor], Any]]:
+        ks, losses, post = _func_stages(plan, support_loss, query_loss, data, m - 1, t)
         dirs = [{k: v.detach() for k, v in kj.items()} if plan.first_order else kj for kj in ks]
         if m == 2:
             cur = _axpy(t, dirs[0], plan.alpha)
@@ -197,43 +199,46 @@ def _func_stages(
                 if row[j] != 0.0:
                     cur = _axpy(cur, dirs[j], plan.h * row[j])
         lm = query_loss(cur, _stage_data(plan, data, m - 1))
-        return lm, (ks, losses)
+        if m == 2:
+            post = ({k: v.detach() for k, v in cur.items()}, lm.detach())
+        return lm, (ks, losses, post)
 
-    km, (ks, losses) = grad(stage_loss, has_aux=True)(theta)
-    # the loss value of stage m is recomputed cheaply below by the caller when needed for stats
-    return ks + [km], losses
+    km, (ks, losses, post) = grad(stage_loss, has_aux=True)(theta)
+    return ks + [km], losses, post
 
 
 def _vmap_task(plan: _Plan, support_loss: LossFn, query_loss: LossFn, stats: bool):
     s = plan.tab.stages
 
     def per_task(theta: Params, data: Any) -> tuple[Params, dict[str, torch.Tensor]]:
-        if s == 1:
-            ks, losses = _func_stages(plan, support_loss, query_loss, data, 1, theta)
-        else:
-            ks, losses = _func_stages(plan, support_loss, query_loss, data, s, theta)
+        ks, losses, post = _func_stages(plan, support_loss, query_loss, data, s, theta)
         g = {k: sum(plan.tab.a[i] * ks[i][k] for i in range(s) if plan.tab.a[i] != 0.0) for k in theta}
         g = {k: (v if isinstance(v, torch.Tensor) else torch.zeros_like(theta[k])) for k, v in g.items()}
         out: dict[str, torch.Tensor] = {"support_pre": losses[0]}
         if stats:
-            out.update(_func_stats(plan, support_loss, query_loss, data, theta, ks[0]))
+            out.update(_func_stats(plan, support_loss, query_loss, data, theta, ks[0], post))
         return g, out
 
     return per_task
 
 
 def _func_stats(plan: _Plan, support_loss: LossFn, query_loss: LossFn, data: Any, theta: Params,
-                k1: Params) -> dict[str, torch.Tensor]:
-    """Forward-only diagnostics: query loss before, support and query loss after adaptation."""
+                k1: Params, post: tuple[Params, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """Forward-only diagnostics: query loss before, support and query loss after adaptation. ``post`` is
+    stage 2's adapted point and query loss when there is a stage 2; a one-stage method adapts here."""
     d0, dq = _stage_data(plan, data, 0), _query_data(plan, data)
     th = {k: v.detach() for k, v in theta.items()}
-    cur = _axpy(th, {k: v.detach() for k, v in k1.items()}, plan.alpha)
-    for _ in range(plan.inner_steps - 1):
-        cur = _axpy(cur, {k: v.detach() for k, v in grad(support_loss)(cur, d0).items()}, plan.alpha)
+    if post is not None:
+        cur, query_post = post
+    else:
+        cur = _axpy(th, {k: v.detach() for k, v in k1.items()}, plan.alpha)
+        for _ in range(plan.inner_steps - 1):
+            cur = _axpy(cur, {k: v.detach() for k, v in grad(support_loss)(cur, d0).items()}, plan.alpha)
+        query_post = query_loss(cur, dq).detach()
     return {
         "query_pre": query_loss(th, dq).detach(),
         "support_post": support_loss(cur, d0).detach(),
-        "query_post": query_loss(cur, dq).detach(),
+        "query_post": query_post,
     }
 
 
@@ -316,8 +321,8 @@ def _loop_task(plan: _Plan, theta: Params, support_loss: LossFn, query_loss: Los
         with torch.no_grad():
             th = {k: v.detach() for k, v in theta.items()}
             dq = _query_data(plan, data)
-        if s == 2:
-            # two stages: stage 2 already evaluated the query loss at the adapted point on this data
+        if s >= 2:
+            # stage 2 already evaluated the query loss at the adapted point on this data
             cur_p = dict(zip(names, post_point))
         else:
             with torch.no_grad():
@@ -327,7 +332,7 @@ def _loop_task(plan: _Plan, theta: Params, support_loss: LossFn, query_loss: Los
         with torch.no_grad():
             out["query_pre"] = query_loss(th, dq)
             out["support_post"] = support_loss(cur_p, d0)
-            out["query_post"] = post_query if s == 2 else query_loss(cur_p, dq)
+            out["query_post"] = post_query if s >= 2 else query_loss(cur_p, dq)
     return g_task, out
 
 
@@ -392,11 +397,9 @@ def meta_gradient(
         ``stats`` holds floats ``support_loss_pre``, ``query_loss_pre``, ``support_loss_post``,
         ``query_loss_post`` (means over tasks; post = after the method's inner adaptation) and ``num_tasks``.
     """
-    plan = _validate(params, method, inner_lr, inner_steps, step_rule, task_data)
-    per_stage = isinstance(task_data, PerStage)
-    plan = _Plan(plan.tab, plan.h, plan.alpha, plan.inner_steps, bool(first_order), per_stage)
+    plan = _validate(params, method, inner_lr, inner_steps, step_rule, task_data, first_order)
     n = _num_tasks(task_data)
-    if per_stage:
+    if plan.per_stage:
         task_data = tuple(task_data)  # a plain tuple, so that vmap and tree_map see the per-stage pytrees
     chosen = choose_path(params) if path == "auto" else path
     if chosen == "vmap":
