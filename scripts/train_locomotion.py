@@ -49,7 +49,6 @@ import difflib
 import importlib
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -57,16 +56,15 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from rkmeta_rl import video as rk_video  # sets MUJOCO_GL for offscreen rendering before mujoco is imported
-from rkmeta_rl.checkpoint import FINAL, LATEST, latest_checkpoint
-from rkmeta_rl.distributed import DistInfo, all_reduce_max, destroy, init_distributed, split_batch
+from rkmeta_rl.distributed import DistInfo, destroy, init_distributed, split_batch
 from rkmeta_rl.envs.locomotion import LOCOMOTION_IDS
 from rkmeta_rl.envs.protocol import TaskFamilyError
 from rkmeta_rl.logger import make_logger
 from rkmeta_rl.rk import get_tableau
 from rkmeta_rl.rl.algorithm import MetaTRPO
+from rkmeta_rl.rl.run_loop import resume_run, run_summary, train_loop
 from rkmeta_rl.utils import check_positive, set_threads, write_json_atomic
 
 #: The MAML paper's locomotion setting.
@@ -289,20 +287,13 @@ def _run(args: argparse.Namespace, dist: DistInfo) -> dict:
     history: list[dict[str, float]] = []
     elapsed = 0.0
     if args.resume:
-        ckpt = latest_checkpoint(logdir)
-        if ckpt is None:
-            sys.exit(f"error: --resume: no checkpoint in {logdir}")
-        fresh_kwargs = dict(model._init_kwargs)
-        model.close()
-        model = MetaTRPO.load(ckpt, device=args.device, dist=dist, num_workers=args.num_workers)
+        try:
+            model, history, elapsed = resume_run(logdir, model, RESUME_KEYS, dist, args.device,
+                                                 num_workers=args.num_workers)
+        except ValueError as err:
+            sys.exit(f"error: {err}")
         if model.env_id != env_id:
             sys.exit(f"error: --resume: the checkpoint was trained on {model.env_id!r}, this run asks for {env_id!r}")
-        for key in RESUME_KEYS:
-            if model._init_kwargs.get(key) != fresh_kwargs.get(key):
-                sys.exit(f"error: --resume: the checkpoint was trained with {key}={model._init_kwargs.get(key)!r}, "
-                         f"this run asks for {fresh_kwargs.get(key)!r}")
-        extra = MetaTRPO.load_extra(ckpt)
-        history, elapsed = list(extra.get("history", [])), float(extra.get("elapsed", 0.0))
     if dist.is_main:
         os.makedirs(logdir, exist_ok=True)
     # only rank 0 logs and renders; the other ranks get a logger that writes nowhere
@@ -315,65 +306,17 @@ def _run(args: argparse.Namespace, dist: DistInfo) -> dict:
     video_tasks = model.sampler.sample_tasks(args.video_tasks, np.random.default_rng(10_000 + args.seed)) \
         if videos else []
 
-    def save(name: str) -> None:  # collective: every rank calls it, rank 0 writes
-        model.save(os.path.join(logdir, name), extra={"history": history, "elapsed": elapsed, "env": env_id})
+    def video(it: int) -> None:
+        if videos and (it % args.video_interval == 0 or it == 1):
+            model.logger.record("time/video_seconds", log_videos(model, video_tasks, it, args))
 
-    bar = tqdm(total=args.iterations, initial=model.num_iterations, disable=args.no_progress or not dist.is_main,
-               unit="it",
-               desc=f"{family_name(env_id)}[{model.tableau.name}]", dynamic_ncols=True)
-    t_start = time.perf_counter() - elapsed
-    stopped_by_budget = False
-    try:
-        while model.num_iterations < args.iterations:
-            stats = model.train_iteration()
-            it = model.num_iterations
-            bad = [k for k, v in stats.items() if not math.isfinite(v)]
-            if bad:
-                raise FloatingPointError(f"non-finite {', '.join(bad)} at iteration {it}; last good checkpoint: "
-                                         f"{latest_checkpoint(logdir) or 'none written'}")
-            for k, v in stats.items():
-                model.logger.record(k, v)
-            if videos and (it % args.video_interval == 0 or it == 1):
-                model.logger.record("time/video_seconds", log_videos(model, video_tasks, it, args))
-            elapsed = time.perf_counter() - t_start
-            history.append({"iteration": it, "pre_return": stats["rollout/pre_return"],
-                            "post_return": stats.get("rollout/post_return", float("nan")),
-                            "kl": stats["train/kl"], "seconds": elapsed,
-                            "sample_seconds": stats["time/sample_seconds"],
-                            "update_seconds": stats["time/update_seconds"]})
-            model.logger.record("time/elapsed_s", elapsed)
-            model.logger.dump(step=it)
-            bar.update(1)
-            bar.set_postfix(pre=f"{stats['rollout/pre_return']:.1f}",
-                            post=f"{stats.get('rollout/post_return', float('nan')):.1f}", refresh=False)
-            if it % args.checkpoint_interval == 0:
-                save(LATEST)
-            if args.time_budget is not None:
-                over = elapsed >= 60.0 * args.time_budget
-                if dist.distributed:  # the ranks must stop together: any rank over its budget stops all
-                    over = all_reduce_max([float(over)])[0] > 0
-                if over:
-                    stopped_by_budget = True
-                    break
-    finally:
-        bar.close()
-    save(LATEST)
-    save(FINAL)
-    last = history[-10:]
-    metrics = {
-        "method": model.tableau.name, "env": env_id, "iterations": model.num_iterations,
-        "pre_return": float(np.mean([h["pre_return"] for h in last])),
-        "post_return": float(np.mean([h["post_return"] for h in last])),
-        "seconds": round(elapsed, 1), "seconds_per_iteration": round(elapsed / max(1, model.num_iterations), 3),
-        "sample_seconds_per_iteration": round(float(np.mean([h.get("sample_seconds", np.nan) for h in last])), 3),
-        "update_seconds_per_iteration": round(float(np.mean([h.get("update_seconds", np.nan) for h in last])), 3),
-        "env_steps": model.num_timesteps, "horizon": model.sampler.horizon, "inner_lr": model.inner_lr,
-        "adapt_lr": model.alpha, "meta_batch_size": model.meta_batch_size, "fast_batch_size": model.fast_batch_size,
-        "fvp_subsample": args.fvp_subsample, "num_workers": args.num_workers, "seed": args.seed,
-        "stopped_by_time_budget": stopped_by_budget, "world_size": dist.world_size, "device": str(model.device),
-        "history": {"pre_return": [h["pre_return"] for h in history],
-                    "post_return": [h["post_return"] for h in history]},
-    }
+    elapsed, stopped_by_budget = train_loop(
+        model, args.iterations, logdir, dist, history, elapsed, checkpoint_interval=args.checkpoint_interval,
+        progress=not args.no_progress, desc=f"{family_name(env_id)}[{model.tableau.name}]", on_iteration=video,
+        time_budget_min=args.time_budget, checkpoint_extra={"env": env_id})
+    metrics = run_summary(model, history, elapsed, dist)
+    metrics.update({"env": env_id, "horizon": model.sampler.horizon, "fvp_subsample": args.fvp_subsample,
+                    "num_workers": args.num_workers, "seed": args.seed, "stopped_by_time_budget": stopped_by_budget})
     model.logger.close()
     model.close()
     if dist.is_main:

@@ -30,22 +30,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
-import time
 
 import numpy as np
 import torch
 from stable_baselines3.common.logger import Figure
-from tqdm.auto import tqdm
 
-from rkmeta_rl.checkpoint import FINAL, LATEST, latest_checkpoint
 from rkmeta_rl.distributed import DistInfo, destroy, init_distributed, split_batch
 from rkmeta_rl.logger import make_logger
 from rkmeta_rl.rk import get_tableau
 from rkmeta_rl.rl.algorithm import MetaTRPO
 from rkmeta_rl.rl.evaluation import trajectory_figure
+from rkmeta_rl.rl.run_loop import resume_run, run_summary, train_loop
 from rkmeta_rl.utils import check_positive, set_threads, write_json_atomic
 
 PRESETS = {
@@ -55,6 +52,8 @@ PRESETS = {
                       iterations=500),
 }
 ENV_ID = "rkmeta/Navigation2D-v0"
+#: settings a ``--resume`` must share with the checkpoint
+RESUME_KEYS = ("method", "meta_batch_size", "fast_batch_size", "inner_lr", "seed", "policy_kwargs")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -141,17 +140,10 @@ def _run(args: argparse.Namespace, dist: DistInfo) -> dict:
     history: list[dict[str, float]] = []
     elapsed = 0.0
     if args.resume:
-        ckpt = latest_checkpoint(logdir)
-        if ckpt is None:
-            sys.exit(f"error: --resume: no checkpoint in {logdir}")
-        fresh_kwargs = dict(model._init_kwargs)
-        model = MetaTRPO.load(ckpt, device=args.device, dist=dist)
-        for key in ("method", "meta_batch_size", "fast_batch_size", "inner_lr", "seed", "policy_kwargs"):
-            if model._init_kwargs.get(key) != fresh_kwargs.get(key):
-                sys.exit(f"error: --resume: the checkpoint was trained with {key}={model._init_kwargs.get(key)!r}, "
-                         f"this run asks for {fresh_kwargs.get(key)!r}")
-        extra = MetaTRPO.load_extra(ckpt)
-        history, elapsed = list(extra.get("history", [])), float(extra.get("elapsed", 0.0))
+        try:
+            model, history, elapsed = resume_run(logdir, model, RESUME_KEYS, dist, args.device)
+        except ValueError as err:
+            sys.exit(f"error: {err}")
     if dist.is_main:
         os.makedirs(logdir, exist_ok=True)
     # only rank 0 logs; the other ranks get a logger that writes nowhere
@@ -159,55 +151,19 @@ def _run(args: argparse.Namespace, dist: DistInfo) -> dict:
     # tasks for the periodic trajectory figure, drawn from their own stream (training's is untouched)
     fig_tasks = model.sampler.sample_tasks(3, np.random.default_rng(10_000 + args.seed))
 
-    def save(name: str) -> None:  # collective: every rank calls it, rank 0 writes
-        model.save(os.path.join(logdir, name), extra={"history": history, "elapsed": elapsed,
-                                                      "config": args.config})
+    def figure(it: int) -> None:
+        if dist.is_main and args.figure_interval and (it % args.figure_interval == 0 or it == 1):
+            fig = trajectory_figure(model.sampler, model.meta_step, model.policy.params(), fig_tasks,
+                                    torch.Generator(device=model.device).manual_seed(20_000 + it),
+                                    title=f"iteration {it}")
+            model.logger.record("rollout/trajectories", Figure(fig, close=True), exclude=("stdout", "csv"))
 
-    bar = tqdm(total=iterations, initial=model.num_iterations, disable=args.no_progress or not dist.is_main,
-               unit="it", desc=f"nav[{model.tableau.name}]", dynamic_ncols=True)
-    t_start = time.perf_counter() - elapsed
-    try:
-        while model.num_iterations < iterations:
-            stats = model.train_iteration()
-            it = model.num_iterations
-            bad = [k for k, v in stats.items() if not math.isfinite(v)]
-            if bad:
-                raise FloatingPointError(f"non-finite {', '.join(bad)} at iteration {it}; last good checkpoint: "
-                                         f"{latest_checkpoint(logdir) or 'none written'}")
-            elapsed = time.perf_counter() - t_start
-            history.append({"iteration": it, "pre_return": stats["rollout/pre_return"],
-                            "post_return": stats.get("rollout/post_return", float("nan")),
-                            "kl": stats["train/kl"], "seconds": elapsed})
-            for k, v in stats.items():
-                model.logger.record(k, v)
-            model.logger.record("time/elapsed_s", elapsed)
-            if dist.is_main and args.figure_interval and (it % args.figure_interval == 0 or it == 1):
-                fig = trajectory_figure(model.sampler, model.meta_step, model.policy.params(), fig_tasks,
-                                        torch.Generator(device=model.device).manual_seed(20_000 + it),
-                                        title=f"iteration {it}")
-                model.logger.record("rollout/trajectories", Figure(fig, close=True), exclude=("stdout", "csv"))
-            model.logger.dump(step=it)
-            bar.update(1)
-            bar.set_postfix(pre=f"{stats['rollout/pre_return']:.1f}",
-                            post=f"{stats.get('rollout/post_return', float('nan')):.1f}", refresh=False)
-            if it % args.checkpoint_interval == 0:
-                save(LATEST)
-    finally:
-        bar.close()
-    save(LATEST)
-    save(FINAL)
-    last = history[-10:]
-    metrics = {
-        "method": model.tableau.name, "config": args.config, "iterations": model.num_iterations,
-        "pre_return": float(np.mean([h["pre_return"] for h in last])),
-        "post_return": float(np.mean([h["post_return"] for h in last])),
-        "seconds": round(elapsed, 1), "seconds_per_iteration": round(elapsed / max(1, model.num_iterations), 3),
-        "env_steps": model.num_timesteps, "inner_lr": model.inner_lr, "adapt_lr": model.alpha,
-        "fvp_subsample": args.fvp_subsample, "seed": args.seed, "world_size": dist.world_size,
-        "device": str(model.device),
-        "history": {"pre_return": [h["pre_return"] for h in history],
-                    "post_return": [h["post_return"] for h in history]},
-    }
+    elapsed, _ = train_loop(model, iterations, logdir, dist, history, elapsed,
+                            checkpoint_interval=args.checkpoint_interval, progress=not args.no_progress,
+                            desc=f"nav[{model.tableau.name}]", on_iteration=figure,
+                            checkpoint_extra={"config": args.config})
+    metrics = run_summary(model, history, elapsed, dist)
+    metrics.update({"config": args.config, "fvp_subsample": args.fvp_subsample, "seed": args.seed})
     model.logger.close()
     if dist.is_main:
         write_json_atomic(os.path.join(logdir, "metrics.json"), metrics)
