@@ -171,7 +171,20 @@ class _SharedModel:
         return model, mujoco.MjData(model)
 
 
-class _CheetahFamily(_SharedModel, HalfCheetahEnv):
+class _TaskReset:
+    """``reset(options={"task": task})`` for the MuJoCo families: set the task, then v5's reset."""
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Reset the state (v5 noise); ``options={"task": task}`` sets the task first."""
+        if options is not None and options.get("task") is not None:
+            self.set_task(options["task"])  # type: ignore[attr-defined]
+        obs, info = super().reset(seed=seed, options=options)
+        self._default_task(self.np_random)  # type: ignore[attr-defined]
+        return obs, info
+
+
+class _CheetahFamily(_TaskReset, _SharedModel, HalfCheetahEnv):
     """HalfCheetah v5 with a task term instead of the forward reward; ``reset(options={"task": ...})``."""
 
     def __init__(self, ctrl_cost_weight: float = CHEETAH_CTRL_COST, share_model: bool = False,
@@ -211,15 +224,6 @@ class _CheetahFamily(_SharedModel, HalfCheetahEnv):
         if self.render_mode == "human":
             self.render()
         return self._get_obs(), task_term + ctrl, False, False, info
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
-              ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Reset the state (v5 noise); ``options={"task": task}`` sets the task first."""
-        if options is not None and options.get("task") is not None:
-            self.set_task(options["task"])  # type: ignore[attr-defined]
-        obs, info = super().reset(seed=seed, options=options)
-        self._default_task(self.np_random)  # type: ignore[attr-defined]
-        return obs, info
 
 
 class HalfCheetahVel(_VelocityTask, _CheetahFamily):
@@ -271,7 +275,7 @@ class HalfCheetahDir(_DirectionTask, _CheetahFamily):
         return self._direction * x_velocity  # type: ignore[operator]
 
 
-class _AntFamily(_SharedModel, AntEnv):
+class _AntFamily(_TaskReset, _SharedModel, AntEnv):
     """Ant v5 with a task term, the references' costs and survival reward; v5 healthy-height termination."""
 
     def __init__(self, survive_reward: float = ANT_SURVIVE, ctrl_cost_weight: float = ANT_CTRL_COST,
@@ -314,15 +318,6 @@ class _AntFamily(_SharedModel, AntEnv):
         if self.render_mode == "human":
             self.render()
         return self._get_obs(), task_term + ctrl + contact + survive, bool(terminated), False, info
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
-              ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Reset the state (v5 noise); ``options={"task": task}`` sets the task first."""
-        if options is not None and options.get("task") is not None:
-            self.set_task(options["task"])  # type: ignore[attr-defined]
-        obs, info = super().reset(seed=seed, options=options)
-        self._default_task(self.np_random)  # type: ignore[attr-defined]
-        return obs, info
 
 
 class AntVel(_VelocityTask, _AntFamily):
