@@ -1,6 +1,6 @@
 """Omniglot loading: real counts, preprocessing (LANCZOS on greyscale), MAML split, cache, layout errors.
 
-The real dataset (../shared/data/omniglot) is preprocessed once per test session into a session temporary
+The real dataset (``$RKMETA_OMNIGLOT``; those tests skip without it) is preprocessed once per test session into a session temporary
 cache (measured: about 15 s for the 32,460 PNGs on a 2-core CPU, 25 MB cache); set $RKMETA_CACHE to reuse a
 persistent cache across sessions.
 """
@@ -15,11 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import OMNIGLOT_ROOT
+from conftest import OMNIGLOT_ROOT, needs_omniglot
 from rkmeta_rl.supervised import omniglot as og
 
-needs_data = pytest.mark.skipif(not os.path.isdir(os.path.join(OMNIGLOT_ROOT, og.BACKGROUND)),
-                                reason=f"real Omniglot not found at {OMNIGLOT_ROOT}")
+needs_data = needs_omniglot
 
 
 @pytest.fixture(scope="session")
