@@ -49,7 +49,7 @@ def batches(args: argparse.Namespace, n: int) -> list[TaskBatch]:
     t0 = time.perf_counter()
     data = load_omniglot(omniglot_root(args.data_root), 28, cache_dir=args.cache_dir)
     print(f"Omniglot loaded in {time.perf_counter() - t0:.1f} s ({len(data.images)} images)", flush=True)
-    sampler = EpisodeSampler(omniglot_splits(data, seed=args.seed).train, args.ways, args.shots, args.queries,
+    sampler = EpisodeSampler(omniglot_splits(data).train, args.ways, args.shots, args.queries,
                              seed=args.seed)
     return [sampler.sample(args.meta_batch) for _ in range(n)]
 

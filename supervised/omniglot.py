@@ -15,10 +15,14 @@ neighbour whatever filter is asked), LANCZOS resize to ``image_size`` (28), inve
 The 32,460 preprocessed images are cached (25 MB at 28x28) in a user cache directory
 (:mod:`rkmeta_rl.supervised.image_cache`), never beside the data.
 
-Split (Vinyals et al., 2016; Finn et al., 2017): a seeded permutation of all 1,623 characters (background
-and evaluation together) gives 1,200 meta-training characters and the remaining 423 for meta-test; an
-optional validation slice is carved from the end of the training characters. Training characters are
-augmented with rotations by 90, 180 and 270 degrees as new classes (4,800 training classes).
+Split (Vinyals et al., 2016; Finn et al., 2017): all 1,623 characters (background and evaluation together)
+are put in a fixed order and the first 1,200 are for meta-training, the remaining 423 for meta-test; an
+optional validation slice is carved from the end of the training characters. The order is the original MAML
+code's procedure made deterministic: the characters sorted by ``Alphabet/characterNN`` (that code listed the
+folders in file-system order, which differs between machines), then shuffled with Python's
+``random.Random(1).shuffle`` (that code's ``random.seed(1)``). It does not depend on the training seed;
+``split_seed`` draws another order. Training characters are augmented with rotations by 90, 180 and 270
+degrees as new classes (4,800 training classes).
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -42,7 +48,8 @@ __all__ = [
     "BACKGROUND", "EVALUATION", "SUBSETS", "NUM_BACKGROUND_CHARACTERS", "NUM_EVALUATION_CHARACTERS",
     "NUM_CHARACTERS", "DRAWINGS_PER_CHARACTER", "NUM_TRAIN_CHARACTERS", "OmniglotCharacter", "OmniglotIndex",
     "OmniglotData", "OmniglotSplits", "resolve_omniglot_root", "scan_omniglot", "preprocess_omniglot_image",
-    "load_omniglot", "omniglot_splits", "load_omniglot_splits",
+    "load_omniglot", "CANONICAL_SPLIT_SEED", "character_order", "check_split_size", "omniglot_splits",
+    "load_omniglot_splits",
 ]
 
 log = logging.getLogger(__name__)
@@ -252,6 +259,46 @@ def load_omniglot(root: str | os.PathLike[str], image_size: int = 28, *,
     return OmniglotData(index, images, offsets)
 
 
+#: Seed of the canonical character order: the original MAML code's ``random.seed(1)``.
+CANONICAL_SPLIT_SEED = 1
+
+
+def character_order(index: OmniglotIndex, split_seed: int | None = None) -> np.ndarray:
+    """The character order the split is cut from: ``int64 [num_characters]`` indices into ``index.characters``.
+
+    The characters are sorted by ``(alphabet, character, subset)`` names, so the order does not depend on how
+    the file system lists folders, then shuffled in place by ``random.Random(seed).shuffle`` with
+    ``seed = CANONICAL_SPLIT_SEED`` (1) when ``split_seed`` is None.
+    """
+    if split_seed is not None and (isinstance(split_seed, bool) or not isinstance(split_seed, (int, np.integer))):
+        raise ValueError(f"split_seed must be an integer or None, got {split_seed!r}")
+    chars = index.characters
+    order = sorted(range(len(chars)), key=lambda i: (chars[i].alphabet, chars[i].character, chars[i].subset))
+    random.Random(CANONICAL_SPLIT_SEED if split_seed is None else int(split_seed)).shuffle(order)
+    return np.asarray(order, dtype=np.int64)
+
+
+def check_split_size(index: OmniglotIndex, num_train: int = NUM_TRAIN_CHARACTERS, num_val: int = 0) -> None:
+    """Refuse a split the tree is too small for, in words (before any image is decoded).
+
+    Raises:
+        ValueError: ``num_train`` below 1, ``num_val`` outside ``[0, num_train)``, or a tree with no more than
+            ``num_train`` characters (the message gives how many were found and how many the split needs).
+    """
+    if isinstance(num_train, bool) or not isinstance(num_train, (int, np.integer)) or num_train < 1:
+        raise ValueError(f"num_train must be an integer >= 1, got {num_train!r}")
+    if isinstance(num_val, bool) or not isinstance(num_val, (int, np.integer)) or not 0 <= num_val < num_train:
+        raise ValueError(f"num_val must be in [0, num_train) = [0, {num_train}), got {num_val!r}")
+    n = index.num_characters()
+    if n <= num_train:
+        raise ValueError(
+            f"the Omniglot folder {index.root} holds {n} characters ({index.num_alphabets()} alphabets), but the "
+            f"split needs more than {num_train} (num_train={num_train} for meta-training and at least one for "
+            f"meta-test); the complete dataset has {NUM_CHARACTERS} ({NUM_BACKGROUND_CHARACTERS} in {BACKGROUND}, "
+            f"{NUM_EVALUATION_CHARACTERS} in {EVALUATION}): is the folder complete? Get it with: "
+            "python -m rkmeta_rl.data omniglot")
+
+
 class OmniglotSplits(NamedTuple):
     """Meta-train / validation / meta-test class splits (``val`` is None without a validation slice)."""
 
@@ -260,14 +307,15 @@ class OmniglotSplits(NamedTuple):
     test: ClassSplit
 
 
-def omniglot_splits(data: OmniglotData, *, seed: int = 0, num_train: int = NUM_TRAIN_CHARACTERS,
+def omniglot_splits(data: OmniglotData, *, split_seed: int | None = None, num_train: int = NUM_TRAIN_CHARACTERS,
                     num_val: int = 0, train_rotations: tuple[int, ...] = (0, 1, 2, 3),
                     eval_rotations: tuple[int, ...] = (0,)) -> OmniglotSplits:
-    """Split characters by a seeded permutation (MAML protocol: 1200 train, the rest test).
+    """Split the characters (MAML protocol: 1200 train, the rest test) along :func:`character_order`.
 
     Args:
         data: from :func:`load_omniglot`.
-        seed: seed of the ``numpy`` permutation over all characters.
+        split_seed: None for the canonical, fixed split; an integer draws another one. Independent of the
+            training seed.
         num_train: characters for meta-training, validation slice included (1200).
         num_val: the last ``num_val`` of the training characters become the validation split.
         train_rotations: quarter turns that make new training classes ((0, 1, 2, 3): 4 x 1200 = 4800 classes).
@@ -275,21 +323,32 @@ def omniglot_splits(data: OmniglotData, *, seed: int = 0, num_train: int = NUM_T
 
     Returns:
         :class:`OmniglotSplits`.
+
+    Raises:
+        ValueError: see :func:`check_split_size` and :func:`character_order`.
     """
-    n = data.index.num_characters()
-    if not 0 < num_train < n:
-        raise ValueError(f"num_train must be in [1, {n - 1}] for {n} characters, got {num_train}")
-    if not 0 <= num_val < num_train:
-        raise ValueError(f"num_val must be in [0, num_train) = [0, {num_train}), got {num_val}")
-    perm = np.random.default_rng(seed).permutation(n)
+    check_split_size(data.index, num_train, num_val)
+    perm = character_order(data.index, split_seed)
     tr, va, te = perm[:num_train - num_val], perm[num_train - num_val:num_train], perm[num_train:]
     return OmniglotSplits(data.to_split(tr, train_rotations), data.to_split(va, eval_rotations) if num_val else None,
                           data.to_split(te, eval_rotations))
 
 
-def load_omniglot_splits(root: str | os.PathLike[str], image_size: int = 28, *, seed: int = 0, num_val: int = 0,
-                         cache_dir: str | os.PathLike[str] | None = None, progress: bool = True,
-                         workers: int = 1) -> OmniglotSplits:
-    """:func:`load_omniglot` then :func:`omniglot_splits` with the MAML defaults."""
+def load_omniglot_splits(root: str | os.PathLike[str], image_size: int = 28, *, split_seed: int | None = None,
+                         num_train: int = NUM_TRAIN_CHARACTERS, num_val: int = 0,
+                         cache_dir: str | os.PathLike[str] | None = None, progress: bool = True, workers: int = 1,
+                         seed: int | None = None) -> OmniglotSplits:
+    """:func:`load_omniglot` then :func:`omniglot_splits` with the MAML defaults.
+
+    The split arguments and the tree's size are checked before any image is decoded. ``seed`` is accepted for
+    older callers and ignored with a warning: the split no longer follows the training seed (use ``split_seed``).
+    """
+    if seed is not None:
+        warnings.warn("load_omniglot_splits(seed=...) is ignored: the character split is fixed and independent of "
+                      "the training seed; pass split_seed=... to draw another split", DeprecationWarning,
+                      stacklevel=2)
+    check_split_size(scan_omniglot(root), num_train, num_val)
+    if split_seed is not None:
+        character_order(OmniglotIndex(Path(root), ()), split_seed)  # type check before decoding
     data = load_omniglot(root, image_size, cache_dir=cache_dir, progress=progress, workers=workers)
-    return omniglot_splits(data, seed=seed, num_val=num_val)
+    return omniglot_splits(data, split_seed=split_seed, num_train=num_train, num_val=num_val)
