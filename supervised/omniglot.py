@@ -35,14 +35,15 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .class_split import ClassSplit
-from .image_cache import cache_file, file_fingerprint, load_or_build, map_with_progress, resolve_cache_dir
+from .image_cache import (ImageDecodeError, cache_file, file_fingerprint, load_or_build, map_with_progress,
+                          resolve_cache_dir)
 
 __all__ = [
     "BACKGROUND", "EVALUATION", "SUBSETS", "NUM_BACKGROUND_CHARACTERS", "NUM_EVALUATION_CHARACTERS",
@@ -183,12 +184,18 @@ def preprocess_omniglot_image(path: str | os.PathLike[str], image_size: int = 28
 
     The 1-bit PNG is converted to greyscale ``'L'`` before the LANCZOS resize: Pillow resizes mode ``'1'``
     with nearest neighbour whatever filter is asked, which would leave only 0/1 pixels.
+
+    Raises:
+        ImageDecodeError: the file cannot be decoded (truncated, not an image); the message names it.
     """
-    with Image.open(path) as im:
-        grey = im.convert("L")
-        if grey.size != (image_size, image_size):
-            grey = grey.resize((image_size, image_size), Image.Resampling.LANCZOS)
-        return 255 - np.asarray(grey, dtype=np.uint8)
+    try:
+        with Image.open(path) as im:
+            grey = im.convert("L")
+            if grey.size != (image_size, image_size):
+                grey = grey.resize((image_size, image_size), Image.Resampling.LANCZOS)
+            return 255 - np.asarray(grey, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ImageDecodeError(f"cannot decode Omniglot image {path}: {type(err).__name__}: {err}") from None
 
 
 class OmniglotData(NamedTuple):
@@ -250,11 +257,15 @@ def load_omniglot(root: str | os.PathLike[str], image_size: int = 28, *,
         log.info("preprocessed %d Omniglot images in %.1f s", len(files), time.perf_counter() - t0)
         return {"images": np.stack(imgs)}
 
-    arrays = load_or_build(path, build)
-    images = arrays["images"]
-    if images.shape != (len(files), image_size, image_size):
-        raise ValueError(f"Omniglot cache {path} holds {images.shape}, expected {(len(files), image_size, image_size)}"
-                         "; delete it to rebuild")
+    shape = (len(files), image_size, image_size)
+
+    def check(arrays: Mapping[str, np.ndarray]) -> str | None:
+        imgs = arrays.get("images")
+        if imgs is None or imgs.shape != shape or imgs.dtype != np.uint8:
+            return f"expected uint8 images of shape {shape}, found {None if imgs is None else (imgs.dtype, imgs.shape)}"
+        return None
+
+    images = load_or_build(path, build, check)["images"]
     offsets = np.concatenate([[0], np.cumsum([len(c.files) for c in index.characters])]).astype(np.int64)
     return OmniglotData(index, images, offsets)
 
