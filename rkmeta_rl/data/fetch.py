@@ -161,6 +161,8 @@ def extract_zip_atomic(archive: Path, dest: Path, *, inner: str | None = None) -
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as err:
             raise DownloadError(f"cannot extract {archive.name}: {type(err).__name__}: {err}") from None
         payload = tmp / inner if inner is not None and (tmp / inner).is_dir() else tmp
+        if payload == tmp:
+            os.chmod(tmp, 0o755)  # mkdtemp creates 0700; the data is as readable as any unpacked folder
         try:
             os.rename(payload, dest)
         except OSError:
