@@ -69,6 +69,7 @@ NUM_TRAIN_CHARACTERS = 1200
 _LAYOUT = ("expected Omniglot's original layout: <root>/images_background/<Alphabet>/characterNN/*.png and "
            "<root>/images_evaluation/<Alphabet>/characterNN/*.png (root may also be torchvision's "
            "'omniglot-py' folder or the folder that holds it)")
+_GET = "get it with: python -m rkmeta_rl.data omniglot (see docs/data.md)"
 _FORMAT_VERSION = 1  # bump when preprocessing changes: old caches are then ignored
 
 
@@ -131,7 +132,7 @@ def resolve_omniglot_root(root: str | os.PathLike[str]) -> Path:
     """
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(f"Omniglot root {path} does not exist or is not a folder; {_LAYOUT}")
+        raise FileNotFoundError(f"Omniglot root {path} does not exist or is not a folder; {_LAYOUT}; {_GET}")
     for cand in (path, path / "omniglot-py"):
         present = [s for s in SUBSETS if (cand / s).is_dir()]
         if len(present) == 2:
@@ -141,7 +142,7 @@ def resolve_omniglot_root(root: str | os.PathLike[str]) -> Path:
             raise FileNotFoundError(f"Omniglot folder {cand / missing} is missing (found {cand / present[0]}); "
                                     f"{_LAYOUT}. Unzip images_background.zip and images_evaluation.zip there.")
     raise FileNotFoundError(f"no Omniglot data under {path}: neither {path / BACKGROUND} nor "
-                            f"{path / 'omniglot-py' / BACKGROUND} exists; {_LAYOUT}")
+                            f"{path / 'omniglot-py' / BACKGROUND} exists; {_LAYOUT}; {_GET}")
 
 
 def scan_omniglot(root: str | os.PathLike[str]) -> OmniglotIndex:

@@ -210,6 +210,20 @@ def test_unsafe_archive_is_refused(server: _Server, archives: dict[str, bytes], 
     assert _leftovers(tmp_path) == ["omniglot"] and not list(tmp_path.parent.glob("escaped.txt"))
 
 
+def test_root_forms(tmp_path: Path) -> None:
+    """A data root, a dataset folder, torchvision's ``omniglot-py`` and the folder holding it are all accepted."""
+    for sub in SUBSETS:
+        (tmp_path / "tv" / "omniglot-py" / sub).mkdir(parents=True)
+        (tmp_path / "data" / "omniglot" / sub).mkdir(parents=True)
+    assert omniglot_root(tmp_path / "tv") == tmp_path / "tv" / "omniglot-py"
+    assert omniglot_root(tmp_path / "tv" / "omniglot-py") == tmp_path / "tv" / "omniglot-py"
+    assert omniglot_root(tmp_path / "data") == tmp_path / "data" / "omniglot"
+    assert omniglot_root(str(tmp_path / "data" / "omniglot")) == tmp_path / "data" / "omniglot"
+    (tmp_path / "half" / "omniglot" / SUBSETS[0]).mkdir(parents=True)  # one subset only: not complete
+    with pytest.raises(FileNotFoundError, match="Omniglot not found"):
+        omniglot_root(tmp_path / "half")
+
+
 def test_default_root_and_url_checks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("RKMETA_DATA", str(tmp_path / "d"))
     assert default_data_root() == tmp_path / "d"

@@ -148,7 +148,7 @@ def test_torchvision_layout_and_cache_reuse(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_missing_and_wrong_layouts(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="does not exist.*get it with: python -m rkmeta_rl.data omniglot"):
         og.scan_omniglot(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="images_background.*characterNN"):
         og.scan_omniglot(tmp_path)
