@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Iterator
@@ -64,6 +65,7 @@ class _Server:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.cut: set[str] = set()
+        self.slow = False  # send bodies in small chunks with pauses, so that concurrent downloads overlap
         self.requests: list[str] = []
         outer = self
 
@@ -78,7 +80,13 @@ class _Server:
                 self.send_header("Content-Type", "application/zip")
                 self.send_header("Content-Length", str(len(body) + (1000 if self.path in outer.cut else 0)))
                 self.end_headers()
-                self.wfile.write(body)
+                if outer.slow:
+                    for i in range(0, len(body), 2048):
+                        self.wfile.write(body[i:i + 2048])
+                        self.wfile.flush()
+                        time.sleep(0.005)
+                else:
+                    self.wfile.write(body)
                 if self.path in outer.cut:
                     self.close_connection = True
 
@@ -208,6 +216,27 @@ def test_unsafe_archive_is_refused(server: _Server, archives: dict[str, bytes], 
     with pytest.raises(DownloadError, match="refusing to extract images_background.zip"):
         download_omniglot(tmp_path, url_base=server.url, progress=False, md5s=md5)
     assert _leftovers(tmp_path) == ["omniglot"] and not list(tmp_path.parent.glob("escaped.txt"))
+
+
+def test_concurrent_downloads(server: _Server, archives: dict[str, bytes], tmp_path: Path) -> None:
+    """Several callers at once (every rank of a torchrun job) all end with the complete tree and no leftovers."""
+    errors: list[BaseException] = []
+    server.slow = True
+
+    def get() -> None:
+        try:
+            download_omniglot(tmp_path, url_base=server.url, progress=False, md5s=_md5s(archives))
+        except BaseException as err:  # reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=get) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert _leftovers(tmp_path) == ["omniglot", "omniglot/images_background", "omniglot/images_evaluation"]
+    assert og.scan_omniglot(tmp_path / "omniglot").num_images == 160
 
 
 def test_root_forms(tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -94,13 +96,14 @@ def download_omniglot(root: str | os.PathLike[str] | None = None, *, url_base: s
     if todo:
         folder.mkdir(parents=True, exist_ok=True)
     for a in todo:
-        zip_path = folder / a.filename
+        # a private folder per call, so that concurrent calls (e.g. every rank of a torchrun job) never share files
+        work = Path(tempfile.mkdtemp(prefix=".download-", dir=folder))
         md5 = (md5s or {}).get(a.filename, a.md5)
         try:
-            download_file(f"{base}/{a.filename}", zip_path, md5, progress=progress, timeout=timeout)
-            extract_zip_atomic(zip_path, folder / a.folder, inner=a.folder)
+            download_file(f"{base}/{a.filename}", work / a.filename, md5, progress=progress, timeout=timeout)
+            extract_zip_atomic(work / a.filename, folder / a.folder, inner=a.folder)
         finally:
-            zip_path.unlink(missing_ok=True)
+            shutil.rmtree(work, ignore_errors=True)
         done.append(a.filename)
         log.info("Omniglot %s ready in %s", a.folder, folder / a.folder)
     return DownloadReport(folder, tuple(done))
