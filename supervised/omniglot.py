@@ -275,6 +275,11 @@ def load_omniglot(root: str | os.PathLike[str], image_size: int = 28, *,
 CANONICAL_SPLIT_SEED = 1
 
 
+def _check_split_seed(split_seed: object) -> None:
+    if split_seed is not None and (isinstance(split_seed, bool) or not isinstance(split_seed, (int, np.integer))):
+        raise ValueError(f"split_seed must be an integer or None, got {split_seed!r}")
+
+
 def character_order(index: OmniglotIndex, split_seed: int | None = None) -> np.ndarray:
     """The character order the split is cut from: ``int64 [num_characters]`` indices into ``index.characters``.
 
@@ -282,8 +287,7 @@ def character_order(index: OmniglotIndex, split_seed: int | None = None) -> np.n
     the file system lists folders, then shuffled in place by ``random.Random(seed).shuffle`` with
     ``seed = CANONICAL_SPLIT_SEED`` (1) when ``split_seed`` is None.
     """
-    if split_seed is not None and (isinstance(split_seed, bool) or not isinstance(split_seed, (int, np.integer))):
-        raise ValueError(f"split_seed must be an integer or None, got {split_seed!r}")
+    _check_split_seed(split_seed)
     chars = index.characters
     order = sorted(range(len(chars)), key=lambda i: (chars[i].alphabet, chars[i].character, chars[i].subset))
     random.Random(CANONICAL_SPLIT_SEED if split_seed is None else int(split_seed)).shuffle(order)
@@ -359,8 +363,7 @@ def load_omniglot_splits(root: str | os.PathLike[str], image_size: int = 28, *, 
         warnings.warn("load_omniglot_splits(seed=...) is ignored: the character split is fixed and independent of "
                       "the training seed; pass split_seed=... to draw another split", DeprecationWarning,
                       stacklevel=2)
+    _check_split_seed(split_seed)
     check_split_size(scan_omniglot(root), num_train, num_val)
-    if split_seed is not None:
-        character_order(OmniglotIndex(Path(root), ()), split_seed)  # type check before decoding
     data = load_omniglot(root, image_size, cache_dir=cache_dir, progress=progress, workers=workers)
     return omniglot_splits(data, split_seed=split_seed, num_train=num_train, num_val=num_val)
