@@ -208,6 +208,9 @@ def test_too_small_tree_fails_before_decoding(tmp_path: Path, monkeypatch: pytes
         og.load_omniglot_splits(tmp_path / "d", cache_dir=tmp_path / "c", progress=False)
     with pytest.raises(ValueError, match="num_val must be in"):
         og.load_omniglot_splits(tmp_path / "d", num_train=4, num_val=5, cache_dir=tmp_path / "c", progress=False)
+    with pytest.raises(ValueError, match="split_seed must be an integer or None, got '1'"):
+        og.load_omniglot_splits(tmp_path / "d", num_train=4, split_seed="1",  # type: ignore[arg-type]
+                                cache_dir=tmp_path / "c", progress=False)
     monkeypatch.undo()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
