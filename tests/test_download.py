@@ -207,6 +207,17 @@ def test_bad_download_leaves_nothing(fault: str, server: _Server, archives: dict
     assert og.scan_omniglot(root).num_characters() == 8
 
 
+def test_unreachable_server_leaves_no_folders(tmp_path: Path) -> None:
+    srv = _Server()  # bound, never started, then closed: its port refuses connections
+    url = srv.url
+    srv.httpd.server_close()
+    srv.stopper.cancel()
+    root = tmp_path / "new" / "deeper"
+    with pytest.raises(DownloadError, match=f"cannot download images_background.zip from {url}/images_background.zip"):
+        download_omniglot(root, url_base=url, progress=False, timeout=5)
+    assert list(tmp_path.iterdir()) == []  # the folders this call created are removed again
+
+
 def test_unsafe_archive_is_refused(server: _Server, archives: dict[str, bytes], tmp_path: Path) -> None:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -215,7 +226,7 @@ def test_unsafe_archive_is_refused(server: _Server, archives: dict[str, bytes], 
     md5 = _md5s({**archives, "images_background.zip": buf.getvalue()})
     with pytest.raises(DownloadError, match="refusing to extract images_background.zip"):
         download_omniglot(tmp_path, url_base=server.url, progress=False, md5s=md5)
-    assert _leftovers(tmp_path) == ["omniglot"] and not list(tmp_path.parent.glob("escaped.txt"))
+    assert _leftovers(tmp_path) == [] and not list(tmp_path.parent.glob("escaped.txt"))
 
 
 def test_concurrent_downloads(server: _Server, archives: dict[str, bytes], tmp_path: Path) -> None:
@@ -279,7 +290,7 @@ def test_command_line(server: _Server, archives: dict[str, bytes], tmp_path: Pat
     # the test archives are not the official ones: the official checksum refuses them
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1
     assert "checksum mismatch for images_background.zip" in bad.stderr and "68d2efa1b9178cc56df9314c21c6e718" in bad.stderr
-    assert _leftovers(tmp_path) == ["omniglot"]
+    assert _leftovers(tmp_path) == []
     # with the archives in place, the command only reports
     download_omniglot(tmp_path, url_base=server.url, progress=False, md5s=_md5s(archives))
     n = len(server.requests)

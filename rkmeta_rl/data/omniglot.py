@@ -93,20 +93,33 @@ def download_omniglot(root: str | os.PathLike[str] | None = None, *, url_base: s
     folder = (Path(root).expanduser() if root is not None else default_data_root()) / OMNIGLOT_DIRNAME
     done: list[str] = []
     todo = [a for a in OMNIGLOT_ARCHIVES if not (folder / a.folder).is_dir()]
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     if todo:
         folder.mkdir(parents=True, exist_ok=True)
-    for a in todo:
-        # a private folder per call, so that concurrent calls (e.g. every rank of a torchrun job) never share files
-        work = Path(tempfile.mkdtemp(prefix=".download-", dir=folder))
-        md5 = (md5s or {}).get(a.filename, a.md5)
-        try:
-            download_file(f"{base}/{a.filename}", work / a.filename, md5, progress=progress, timeout=timeout)
-            extract_zip_atomic(work / a.filename, folder / a.folder, inner=a.folder)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        done.append(a.filename)
-        log.info("Omniglot %s ready in %s", a.folder, folder / a.folder)
+    try:
+        for a in todo:
+            done.append(_fetch_one(a, folder, base, (md5s or {}).get(a.filename, a.md5), progress, timeout))
+    except BaseException:
+        for p in created:  # folders this call created and left empty
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        raise
     return DownloadReport(folder, tuple(done))
+
+
+def _fetch_one(a: OmniglotArchive, folder: Path, base: str, md5: str, progress: bool, timeout: float) -> str:
+    """Download, verify and unpack one archive into ``folder``; returns its file name."""
+    # a private folder per call, so that concurrent calls (e.g. every rank of a torchrun job) never share files
+    work = Path(tempfile.mkdtemp(prefix=".download-", dir=folder))
+    try:
+        download_file(f"{base}/{a.filename}", work / a.filename, md5, progress=progress, timeout=timeout)
+        extract_zip_atomic(work / a.filename, folder / a.folder, inner=a.folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("Omniglot %s ready in %s", a.folder, folder / a.folder)
+    return a.filename
 
 
 def omniglot_root(root: str | os.PathLike[str] | None = None, *, download: bool = False,
