@@ -259,6 +259,10 @@ def test_root_forms(tmp_path: Path) -> None:
     assert omniglot_root(tmp_path / "tv" / "omniglot-py") == tmp_path / "tv" / "omniglot-py"
     assert omniglot_root(tmp_path / "data") == tmp_path / "data" / "omniglot"
     assert omniglot_root(str(tmp_path / "data" / "omniglot")) == tmp_path / "data" / "omniglot"
+    # the downloader recognises all of them too: nothing to download
+    for root in (tmp_path / "tv", tmp_path / "data", tmp_path / "data" / "omniglot"):
+        rep = download_omniglot(root, url_base="http://127.0.0.1:9/unused", progress=False)
+        assert rep.downloaded == () and rep.root == omniglot_root(root)
     (tmp_path / "half" / "omniglot" / SUBSETS[0]).mkdir(parents=True)  # one subset only: not complete
     with pytest.raises(FileNotFoundError, match="Omniglot not found"):
         omniglot_root(tmp_path / "half")

@@ -68,13 +68,22 @@ def _is_complete(folder: Path) -> bool:
     return all((folder / a.folder).is_dir() for a in OMNIGLOT_ARCHIVES)
 
 
+def _existing(base: Path) -> Path | None:
+    """The complete Omniglot folder ``base`` is or holds (itself, ``omniglot-py/``, ``omniglot/``), or None."""
+    for cand in (base, base / "omniglot-py", base / OMNIGLOT_DIRNAME):
+        if _is_complete(cand):
+            return cand
+    return None
+
+
 def download_omniglot(root: str | os.PathLike[str] | None = None, *, url_base: str | None = None,
                       progress: bool = True, md5s: Mapping[str, str] | None = None,
                       timeout: float = 60.0) -> DownloadReport:
     """Download, verify and extract whichever Omniglot archive is not yet unpacked under ``root/omniglot``.
 
     Args:
-        root: the data root (default :func:`~rkmeta_rl.data.default_data_root`); created when missing.
+        root: the data root (default :func:`~rkmeta_rl.data.default_data_root`); created when missing. A
+            folder that already is a complete Omniglot tree (see :func:`omniglot_root`) is used as it is.
         url_base: where the archives are (``<url_base>/images_background.zip``, ...); default
             :data:`OMNIGLOT_URL_BASE`. A mirror must serve the same files (the checksums are checked).
         progress: tqdm bars while downloading.
@@ -90,7 +99,11 @@ def download_omniglot(root: str | os.PathLike[str] | None = None, *, url_base: s
             message names the file (and both digests). No partial folder or file is left behind.
     """
     base = check_url_base(url_base if url_base is not None else OMNIGLOT_URL_BASE)
-    folder = (Path(root).expanduser() if root is not None else default_data_root()) / OMNIGLOT_DIRNAME
+    data_root = Path(root).expanduser() if root is not None else default_data_root()
+    present = _existing(data_root)
+    if present is not None:
+        return DownloadReport(present, ())
+    folder = data_root / OMNIGLOT_DIRNAME
     done: list[str] = []
     todo = [a for a in OMNIGLOT_ARCHIVES if not (folder / a.folder).is_dir()]
     created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
@@ -140,12 +153,10 @@ def omniglot_root(root: str | os.PathLike[str] | None = None, *, download: bool 
             gets it.
     """
     base = Path(root).expanduser() if root is not None else default_data_root()
-    for cand in (base, base / "omniglot-py"):
-        if _is_complete(cand):
-            return cand
+    present = _existing(base)
+    if present is not None:
+        return present
     folder = base / OMNIGLOT_DIRNAME
-    if _is_complete(folder):
-        return folder
     if download:
         return download_omniglot(base, url_base=url_base, progress=progress).root
     raise FileNotFoundError(f"Omniglot not found in {base} (expected {folder}/images_background and "
