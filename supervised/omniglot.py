@@ -22,7 +22,8 @@ code's procedure made deterministic: the characters sorted by ``Alphabet/charact
 folders in file-system order, which differs between machines), then shuffled with Python's
 ``random.Random(1).shuffle`` (that code's ``random.seed(1)``). It does not depend on the training seed;
 ``split_seed`` draws another order. Training characters are augmented with rotations by 90, 180 and 270
-degrees as new classes (4,800 training classes).
+degrees as new classes (4,800 training classes). The protocol and its sources: docs/protocols.md; getting the
+data (``python -m rkmeta_rl.data omniglot``): docs/data.md.
 """
 
 from __future__ import annotations
