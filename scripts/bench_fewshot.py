@@ -7,7 +7,7 @@ alpha 0.4) over a meta-batch of 32 tasks of 5-way 1-shot with 15 queries per cla
 the same batches. The paths alternate iteration by iteration (order flipped every iteration) in one process
 with one torch thread, after a few warm-up iterations each; the median is reported.
 
-    python scripts/bench_fewshot.py [--data-root ../shared/data/omniglot] [--random-images] [--iters 6]
+    python scripts/bench_fewshot.py [--data-root DIR] [--random-images] [--iters 6]
 
 Last line: JSON with ``loop_s_per_iter``, ``vectorized_s_per_iter`` (medians), ``chosen``
 (``rkmeta_rl.rk.choose_path(params)``, what ``path="auto"`` takes) and ``chosen_is_faster``.
@@ -28,9 +28,9 @@ import torch
 from rkmeta_rl.rk import choose_path, meta_gradient
 from rkmeta_rl.supervised.conv4 import conv4_losses, init_conv4
 from rkmeta_rl.supervised.episodes import EpisodeSampler, TaskBatch
+from rkmeta_rl.data import omniglot_root
 from rkmeta_rl.supervised.omniglot import load_omniglot, omniglot_splits
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "omniglot"
 PATHS = ("loop", "vmap")
 
 
@@ -47,16 +47,17 @@ def batches(args: argparse.Namespace, n: int) -> list[TaskBatch]:
                         "yq": labels.repeat_interleave(args.queries).repeat(args.meta_batch, 1)})
         return out
     t0 = time.perf_counter()
-    data = load_omniglot(args.data_root, 28, cache_dir=args.cache_dir)
+    data = load_omniglot(omniglot_root(args.data_root), 28, cache_dir=args.cache_dir)
     print(f"Omniglot loaded in {time.perf_counter() - t0:.1f} s ({len(data.images)} images)", flush=True)
-    sampler = EpisodeSampler(omniglot_splits(data, seed=args.seed).train, args.ways, args.shots, args.queries,
+    sampler = EpisodeSampler(omniglot_splits(data).train, args.ways, args.shots, args.queries,
                              seed=args.seed)
     return [sampler.sample(args.meta_batch) for _ in range(n)]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", type=Path, default=DEFAULT_ROOT, help="Omniglot root (original layout)")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="Omniglot folder or data root (default: $RKMETA_DATA or ~/.cache/rkmeta_rl/data)")
     p.add_argument("--cache-dir", type=Path, default=None, help="preprocessed-image cache (default ~/.cache/rkmeta_rl)")
     p.add_argument("--random-images", action="store_true", help="random images of the right shape instead of Omniglot")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations per path")

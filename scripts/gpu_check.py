@@ -3,7 +3,7 @@
 
     python scripts/gpu_check.py                       # all trainers, 3 timed iterations each
     python scripts/gpu_check.py --trainers nav locomotion --iters 5
-    python scripts/gpu_check.py --fewshot-data omniglot --omniglot-root ../shared/data/omniglot
+    python scripts/gpu_check.py --fewshot-data omniglot [--omniglot-root DIR]   # default: the data root
 
 Trainers (each built through the library, exactly as its training script builds it, in a small setting):
 
@@ -37,7 +37,6 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINERS = ("sinusoid", "fewshot", "nav", "locomotion")
-DEFAULT_OMNIGLOT = os.path.join(REPO, "..", "shared", "data", "omniglot")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,7 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed meta-iterations first")
     p.add_argument("--no-cpu", action="store_true", help="skip the CPU runs")
     p.add_argument("--fewshot-data", choices=("random", "omniglot"), default="random")
-    p.add_argument("--omniglot-root", default=DEFAULT_OMNIGLOT)
+    p.add_argument("--omniglot-root", default=None,
+                   help="Omniglot folder or data root (default: $RKMETA_DATA or ~/.cache/rkmeta_rl/data; "
+                        "get it with: python -m rkmeta_rl.data omniglot)")
     return p.parse_args(argv)
 
 
@@ -81,9 +82,10 @@ def make_step(name: str, device: str, args: argparse.Namespace) -> tuple[Callabl
             from rkmeta_rl.supervised.fewshot_problem import FewShotProblem
 
             if args.fewshot_data == "omniglot":
+                from rkmeta_rl.data import omniglot_root
                 from rkmeta_rl.supervised.omniglot import load_omniglot_splits
 
-                splits = load_omniglot_splits(args.omniglot_root, progress=False)
+                splits = load_omniglot_splits(omniglot_root(args.omniglot_root), progress=False)
                 train, test = splits.train, splits.test
             else:
                 train, test = _random_split(64, 20, 0), _random_split(20, 20, 1)

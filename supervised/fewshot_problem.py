@@ -31,7 +31,10 @@ class FewShotProblem:
         train, test: class splits for meta-training and meta-test.
         val: optional validation split, used by the periodic evaluation (``test`` classes otherwise, with an
             evaluation seed stream distinct from the final evaluation's).
-        ways, shots, queries: N, K and Q (query images per class).
+        ways, shots, queries: N, K and Q (query images per class) of the training episodes.
+        test_queries: query images per class of the evaluation episodes (validation and test splits); None: the
+            same as ``queries``. (The original MAML code trains Omniglot with K queries and MiniImagenet with 15,
+            and evaluates both with K.)
         filters: conv4 channels (Omniglot 64, MiniImagenet 32).
         pool: ``"stride"`` (Omniglot) or ``"max"`` (MiniImagenet).
     """
@@ -39,15 +42,21 @@ class FewShotProblem:
     primary_metric = "acc"
 
     def __init__(self, name: str, train: ClassSplit, test: ClassSplit, val: Optional[ClassSplit] = None, *,
-                 ways: int = 5, shots: int = 1, queries: int = 15, filters: int = 64, pool: Pool = "stride") -> None:
+                 ways: int = 5, shots: int = 1, queries: int = 15, test_queries: int | None = None, filters: int = 64,
+                 pool: Pool = "stride") -> None:
+        if test_queries is not None and (isinstance(test_queries, bool) or not isinstance(test_queries, int)
+                                         or test_queries < 1):
+            raise ValueError(f"test_queries must be an integer >= 1 or None, got {test_queries!r}")
         self.name = name
         self.splits = {"train": train, "val": val if val is not None else test, "test": test}
         self.ways, self.shots, self.queries = ways, shots, queries
+        self.test_queries = queries if test_queries is None else test_queries
         self.filters, self.pool = filters, pool
         self.support_loss, self.query_loss = conv4_losses(pool)
         # one sampler per split (validated once); each call reseeds it from the trainer's torch generator,
         # so the episode stream is reproducible and resumable through that generator's state alone
-        self._samplers = {k: EpisodeSampler(s, ways, shots, queries, seed=0) for k, s in self.splits.items()}
+        self._samplers = {k: EpisodeSampler(s, ways, shots, queries if k == "train" else self.test_queries, seed=0)
+                          for k, s in self.splits.items()}
         c, h, _ = train.image_shape
         self.in_channels, self.image_size = c, h
 

@@ -7,10 +7,17 @@ one ``.npz`` file per dataset split in a user cache directory, never beside the 
 * directory: the ``cache_dir`` argument, else ``$RKMETA_CACHE``, else ``$XDG_CACHE_HOME/rkmeta_rl``, else
   ``~/.cache/rkmeta_rl``;
 * file name: ``<prefix>-<sha256 of the key parts>[:20].npz``, where the key parts name the data root (resolved
-  absolute path), the preprocessing (image size, format version) and a content fingerprint (file count,
-  total bytes, hash of the relative file names), so a changed dataset or preprocessing builds a new file;
+  absolute path), the preprocessing (image size, format version) and a fingerprint of the files: for each
+  file, its relative name, size, modification time (ns) and inode number. Editing, replacing, adding,
+  removing, renaming or swapping image files changes it (a rewrite changes the modification time, a rename
+  swap the inode), so a changed dataset or preprocessing builds a new file instead of serving stale images;
+* reading: a cache that cannot be read (truncated, corrupted, foreign) or that holds arrays of the wrong
+  shape is rebuilt, with a warning naming it;
 * writing: a temporary file in the cache directory, flushed and ``fsync``-ed, then ``os.replace`` onto the
-  final name, so a reader never sees a half-written cache and concurrent builders do not corrupt it.
+  final name, so a reader never sees a half-written cache and concurrent builders do not corrupt it. The
+  directory is checked writable (:func:`check_writable_dir`) before any image is decoded.
+
+Image-decoding errors are raised as :class:`ImageDecodeError`, naming the file.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import hashlib
 import logging
 import os
 import tempfile
+import zipfile
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence, TypeVar
@@ -27,14 +36,45 @@ import numpy as np
 from tqdm.auto import tqdm
 
 __all__ = [
-    "default_cache_dir", "resolve_cache_dir", "cache_file", "file_fingerprint", "load_or_build",
-    "map_with_progress",
+    "ImageDecodeError", "default_cache_dir", "resolve_cache_dir", "check_writable_dir", "cache_file",
+    "file_fingerprint", "load_or_build", "map_with_progress",
 ]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+class ImageDecodeError(ValueError):
+    """An image file could not be decoded; the message names the file."""
+
+
+def check_writable_dir(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` (absolute) after checking that it is, or can be created as, a writable folder; creates nothing.
+
+    Call it before any long work (decoding, training) so that a bad folder fails at once.
+
+    Args:
+        path: the folder.
+        what: how the user names it in the message, e.g. ``"--cache-dir"``.
+
+    Raises:
+        ValueError: one line naming ``what`` and the path: it is a file, lies under a file, or is not writable.
+    """
+    p = Path(path).expanduser().absolute()
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{what} {p} is a file, not a folder")
+    probe = p
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe != p and not probe.is_dir():
+        raise ValueError(f"{what} {p} cannot be created: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {p} is not writable: no write permission in {probe}")
+    return p
 
 
 def default_cache_dir() -> Path:
@@ -69,15 +109,13 @@ def cache_file(cache_dir: Path, prefix: str, key_parts: Mapping[str, object]) ->
 
 
 def file_fingerprint(root: Path, files: Sequence[Path]) -> str:
-    """A cheap content fingerprint of ``files``: their count, total size in bytes and the hash of their names
-    relative to ``root`` (one ``stat`` per file, no reading)."""
+    """A fingerprint of ``files`` from one ``stat`` each (no reading): the sha256 of every file's name relative
+    to ``root``, size, modification time in nanoseconds and inode number, with the file count in clear."""
     h = hashlib.sha256()
-    total = 0
     for f in files:
-        h.update(str(f.relative_to(root)).encode("utf-8"))
-        h.update(b"\0")
-        total += f.stat().st_size
-    return f"n={len(files)};bytes={total};names={h.hexdigest()[:16]}"
+        st = f.stat()
+        h.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode("utf-8"))
+    return f"n={len(files)};stat={h.hexdigest()[:32]}"
 
 
 def _write_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
@@ -98,23 +136,37 @@ def _write_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
         raise
 
 
-def load_or_build(path: Path, build: Callable[[], Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The arrays stored at ``path``, building and atomically writing them first when absent or unreadable.
+def load_or_build(path: Path, build: Callable[[], Mapping[str, np.ndarray]],
+                  check: Callable[[Mapping[str, np.ndarray]], str | None] | None = None) -> dict[str, np.ndarray]:
+    """The arrays stored at ``path``, building and atomically writing them first when absent, unreadable or
+    rejected by ``check``.
 
     Args:
         path: the ``.npz`` cache file (see :func:`cache_file`).
         build: returns ``{name: array}`` to store; called only on a cache miss.
+        check: returns why stored arrays are unusable (e.g. a wrong shape), or None when they are fine.
 
     Returns:
         ``{name: array}`` read from (or just written to) the cache.
+
+    Raises:
+        ValueError: the cache directory is not writable (checked before ``build`` runs), or the freshly built
+            arrays fail ``check``.
     """
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        except (OSError, ValueError) as err:  # truncated or foreign file: rebuild it
-            log.warning("unreadable cache %s (%s); rebuilding", path, err)
+                arrays = {k: z[k] for k in z.files}
+            why = check(arrays) if check is not None else None
+            if why is None:
+                return arrays
+            log.warning("cache %s is unusable (%s); rebuilding", path, why)
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+            log.warning("unreadable cache %s (%s: %s); rebuilding", path, type(err).__name__, err)
+    check_writable_dir(path.parent, "cache directory")
     arrays = {k: np.ascontiguousarray(v) for k, v in build().items()}
+    if check is not None and (why := check(arrays)) is not None:
+        raise ValueError(f"freshly built arrays for {path} are wrong: {why}")
     _write_atomic(path, arrays)
     log.info("wrote cache %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return arrays

@@ -35,14 +35,15 @@ import os
 import pickle
 import time
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, Mapping, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .class_split import ClassSplit
-from .image_cache import cache_file, file_fingerprint, load_or_build, map_with_progress, resolve_cache_dir
+from .image_cache import (ImageDecodeError, cache_file, file_fingerprint, load_or_build, map_with_progress,
+                          resolve_cache_dir)
 
 __all__ = ["SPLITS", "Format", "MiniImagenetSplits", "detect_format", "load_miniimagenet_split",
            "load_miniimagenet", "decode_miniimagenet_image"]
@@ -154,12 +155,19 @@ def _load_pickle_split(path: Path, split: str, image_size: int) -> ClassSplit:
 
 
 def decode_miniimagenet_image(path: str | os.PathLike[str], image_size: int = 84) -> np.ndarray:
-    """One JPEG as ``uint8 [image_size, image_size, 3]`` RGB (LANCZOS resize when the size differs)."""
-    with Image.open(path) as im:
-        rgb = im.convert("RGB")
-        if rgb.size != (image_size, image_size):
-            rgb = rgb.resize((image_size, image_size), Image.Resampling.LANCZOS)
-        return np.asarray(rgb, dtype=np.uint8)
+    """One JPEG as ``uint8 [image_size, image_size, 3]`` RGB (LANCZOS resize when the size differs).
+
+    Raises:
+        ImageDecodeError: the file cannot be decoded (truncated, not an image); the message names it.
+    """
+    try:
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+            if rgb.size != (image_size, image_size):
+                rgb = rgb.resize((image_size, image_size), Image.Resampling.LANCZOS)
+            return np.asarray(rgb, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ImageDecodeError(f"cannot decode MiniImagenet image {path}: {type(err).__name__}: {err}") from None
 
 
 def _read_csv(csv_path: Path) -> tuple[list[str], list[str]]:
@@ -207,9 +215,15 @@ def _load_csv_split(root: Path, split: str, image_size: int, cache_dir: str | os
         log.info("decoded %d MiniImagenet %s images in %.1f s", len(paths), split, time.perf_counter() - t0)
         return {"images": np.stack(imgs)}
 
-    images = load_or_build(path, build)["images"]
-    if images.shape != (len(paths), image_size, image_size, 3):
-        raise ValueError(f"MiniImagenet cache {path} holds {images.shape}; delete it to rebuild")
+    shape = (len(paths), image_size, image_size, 3)
+
+    def check(arrays: Mapping[str, np.ndarray]) -> str | None:
+        imgs = arrays.get("images")
+        if imgs is None or imgs.shape != shape or imgs.dtype != np.uint8:
+            return f"expected uint8 images of shape {shape}, found {None if imgs is None else (imgs.dtype, imgs.shape)}"
+        return None
+
+    images = load_or_build(path, build, check)["images"]
     return ClassSplit.from_labels(torch.from_numpy(images), label_ids, names)
 
 

@@ -15,10 +15,15 @@ neighbour whatever filter is asked), LANCZOS resize to ``image_size`` (28), inve
 The 32,460 preprocessed images are cached (25 MB at 28x28) in a user cache directory
 (:mod:`rkmeta_rl.supervised.image_cache`), never beside the data.
 
-Split (Vinyals et al., 2016; Finn et al., 2017): a seeded permutation of all 1,623 characters (background
-and evaluation together) gives 1,200 meta-training characters and the remaining 423 for meta-test; an
-optional validation slice is carved from the end of the training characters. Training characters are
-augmented with rotations by 90, 180 and 270 degrees as new classes (4,800 training classes).
+Split (Vinyals et al., 2016; Finn et al., 2017): all 1,623 characters (background and evaluation together)
+are put in a fixed order and the first 1,200 are for meta-training, the remaining 423 for meta-test; an
+optional validation slice is carved from the end of the training characters. The order is the original MAML
+code's procedure made deterministic: the characters sorted by ``Alphabet/characterNN`` (that code listed the
+folders in file-system order, which differs between machines), then shuffled with Python's
+``random.Random(1).shuffle`` (that code's ``random.seed(1)``). It does not depend on the training seed;
+``split_seed`` draws another order. Training characters are augmented with rotations by 90, 180 and 270
+degrees as new classes (4,800 training classes). The protocol and its sources: docs/protocols.md; getting the
+data (``python -m rkmeta_rl.data omniglot``): docs/data.md.
 """
 
 from __future__ import annotations
@@ -26,23 +31,27 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .class_split import ClassSplit
-from .image_cache import cache_file, file_fingerprint, load_or_build, map_with_progress, resolve_cache_dir
+from .image_cache import (ImageDecodeError, cache_file, file_fingerprint, load_or_build, map_with_progress,
+                          resolve_cache_dir)
 
 __all__ = [
     "BACKGROUND", "EVALUATION", "SUBSETS", "NUM_BACKGROUND_CHARACTERS", "NUM_EVALUATION_CHARACTERS",
     "NUM_CHARACTERS", "DRAWINGS_PER_CHARACTER", "NUM_TRAIN_CHARACTERS", "OmniglotCharacter", "OmniglotIndex",
     "OmniglotData", "OmniglotSplits", "resolve_omniglot_root", "scan_omniglot", "preprocess_omniglot_image",
-    "load_omniglot", "omniglot_splits", "load_omniglot_splits",
+    "load_omniglot", "CANONICAL_SPLIT_SEED", "character_order", "check_split_size", "omniglot_splits",
+    "load_omniglot_splits",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,6 +70,7 @@ NUM_TRAIN_CHARACTERS = 1200
 _LAYOUT = ("expected Omniglot's original layout: <root>/images_background/<Alphabet>/characterNN/*.png and "
            "<root>/images_evaluation/<Alphabet>/characterNN/*.png (root may also be torchvision's "
            "'omniglot-py' folder or the folder that holds it)")
+_GET = "get it with: python -m rkmeta_rl.data omniglot (see docs/data.md)"
 _FORMAT_VERSION = 1  # bump when preprocessing changes: old caches are then ignored
 
 
@@ -123,7 +133,7 @@ def resolve_omniglot_root(root: str | os.PathLike[str]) -> Path:
     """
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(f"Omniglot root {path} does not exist or is not a folder; {_LAYOUT}")
+        raise FileNotFoundError(f"Omniglot root {path} does not exist or is not a folder; {_LAYOUT}; {_GET}")
     for cand in (path, path / "omniglot-py"):
         present = [s for s in SUBSETS if (cand / s).is_dir()]
         if len(present) == 2:
@@ -133,7 +143,7 @@ def resolve_omniglot_root(root: str | os.PathLike[str]) -> Path:
             raise FileNotFoundError(f"Omniglot folder {cand / missing} is missing (found {cand / present[0]}); "
                                     f"{_LAYOUT}. Unzip images_background.zip and images_evaluation.zip there.")
     raise FileNotFoundError(f"no Omniglot data under {path}: neither {path / BACKGROUND} nor "
-                            f"{path / 'omniglot-py' / BACKGROUND} exists; {_LAYOUT}")
+                            f"{path / 'omniglot-py' / BACKGROUND} exists; {_LAYOUT}; {_GET}")
 
 
 def scan_omniglot(root: str | os.PathLike[str]) -> OmniglotIndex:
@@ -176,12 +186,18 @@ def preprocess_omniglot_image(path: str | os.PathLike[str], image_size: int = 28
 
     The 1-bit PNG is converted to greyscale ``'L'`` before the LANCZOS resize: Pillow resizes mode ``'1'``
     with nearest neighbour whatever filter is asked, which would leave only 0/1 pixels.
+
+    Raises:
+        ImageDecodeError: the file cannot be decoded (truncated, not an image); the message names it.
     """
-    with Image.open(path) as im:
-        grey = im.convert("L")
-        if grey.size != (image_size, image_size):
-            grey = grey.resize((image_size, image_size), Image.Resampling.LANCZOS)
-        return 255 - np.asarray(grey, dtype=np.uint8)
+    try:
+        with Image.open(path) as im:
+            grey = im.convert("L")
+            if grey.size != (image_size, image_size):
+                grey = grey.resize((image_size, image_size), Image.Resampling.LANCZOS)
+            return 255 - np.asarray(grey, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ImageDecodeError(f"cannot decode Omniglot image {path}: {type(err).__name__}: {err}") from None
 
 
 class OmniglotData(NamedTuple):
@@ -243,13 +259,61 @@ def load_omniglot(root: str | os.PathLike[str], image_size: int = 28, *,
         log.info("preprocessed %d Omniglot images in %.1f s", len(files), time.perf_counter() - t0)
         return {"images": np.stack(imgs)}
 
-    arrays = load_or_build(path, build)
-    images = arrays["images"]
-    if images.shape != (len(files), image_size, image_size):
-        raise ValueError(f"Omniglot cache {path} holds {images.shape}, expected {(len(files), image_size, image_size)}"
-                         "; delete it to rebuild")
+    shape = (len(files), image_size, image_size)
+
+    def check(arrays: Mapping[str, np.ndarray]) -> str | None:
+        imgs = arrays.get("images")
+        if imgs is None or imgs.shape != shape or imgs.dtype != np.uint8:
+            return f"expected uint8 images of shape {shape}, found {None if imgs is None else (imgs.dtype, imgs.shape)}"
+        return None
+
+    images = load_or_build(path, build, check)["images"]
     offsets = np.concatenate([[0], np.cumsum([len(c.files) for c in index.characters])]).astype(np.int64)
     return OmniglotData(index, images, offsets)
+
+
+#: Seed of the canonical character order: the original MAML code's ``random.seed(1)``.
+CANONICAL_SPLIT_SEED = 1
+
+
+def _check_split_seed(split_seed: object) -> None:
+    if split_seed is not None and (isinstance(split_seed, bool) or not isinstance(split_seed, (int, np.integer))):
+        raise ValueError(f"split_seed must be an integer or None, got {split_seed!r}")
+
+
+def character_order(index: OmniglotIndex, split_seed: int | None = None) -> np.ndarray:
+    """The character order the split is cut from: ``int64 [num_characters]`` indices into ``index.characters``.
+
+    The characters are sorted by ``(alphabet, character, subset)`` names, so the order does not depend on how
+    the file system lists folders, then shuffled in place by ``random.Random(seed).shuffle`` with
+    ``seed = CANONICAL_SPLIT_SEED`` (1) when ``split_seed`` is None.
+    """
+    _check_split_seed(split_seed)
+    chars = index.characters
+    order = sorted(range(len(chars)), key=lambda i: (chars[i].alphabet, chars[i].character, chars[i].subset))
+    random.Random(CANONICAL_SPLIT_SEED if split_seed is None else int(split_seed)).shuffle(order)
+    return np.asarray(order, dtype=np.int64)
+
+
+def check_split_size(index: OmniglotIndex, num_train: int = NUM_TRAIN_CHARACTERS, num_val: int = 0) -> None:
+    """Refuse a split the tree is too small for, in words (before any image is decoded).
+
+    Raises:
+        ValueError: ``num_train`` below 1, ``num_val`` outside ``[0, num_train)``, or a tree with no more than
+            ``num_train`` characters (the message gives how many were found and how many the split needs).
+    """
+    if isinstance(num_train, bool) or not isinstance(num_train, (int, np.integer)) or num_train < 1:
+        raise ValueError(f"num_train must be an integer >= 1, got {num_train!r}")
+    if isinstance(num_val, bool) or not isinstance(num_val, (int, np.integer)) or not 0 <= num_val < num_train:
+        raise ValueError(f"num_val must be in [0, num_train) = [0, {num_train}), got {num_val!r}")
+    n = index.num_characters()
+    if n <= num_train:
+        raise ValueError(
+            f"the Omniglot folder {index.root} holds {n} characters ({index.num_alphabets()} alphabets), but the "
+            f"split needs more than {num_train} (num_train={num_train} for meta-training and at least one for "
+            f"meta-test); the complete dataset has {NUM_CHARACTERS} ({NUM_BACKGROUND_CHARACTERS} in {BACKGROUND}, "
+            f"{NUM_EVALUATION_CHARACTERS} in {EVALUATION}): is the folder complete? Get it with: "
+            "python -m rkmeta_rl.data omniglot")
 
 
 class OmniglotSplits(NamedTuple):
@@ -260,14 +324,15 @@ class OmniglotSplits(NamedTuple):
     test: ClassSplit
 
 
-def omniglot_splits(data: OmniglotData, *, seed: int = 0, num_train: int = NUM_TRAIN_CHARACTERS,
+def omniglot_splits(data: OmniglotData, *, split_seed: int | None = None, num_train: int = NUM_TRAIN_CHARACTERS,
                     num_val: int = 0, train_rotations: tuple[int, ...] = (0, 1, 2, 3),
                     eval_rotations: tuple[int, ...] = (0,)) -> OmniglotSplits:
-    """Split characters by a seeded permutation (MAML protocol: 1200 train, the rest test).
+    """Split the characters (MAML protocol: 1200 train, the rest test) along :func:`character_order`.
 
     Args:
         data: from :func:`load_omniglot`.
-        seed: seed of the ``numpy`` permutation over all characters.
+        split_seed: None for the canonical, fixed split; an integer draws another one. Independent of the
+            training seed.
         num_train: characters for meta-training, validation slice included (1200).
         num_val: the last ``num_val`` of the training characters become the validation split.
         train_rotations: quarter turns that make new training classes ((0, 1, 2, 3): 4 x 1200 = 4800 classes).
@@ -275,21 +340,31 @@ def omniglot_splits(data: OmniglotData, *, seed: int = 0, num_train: int = NUM_T
 
     Returns:
         :class:`OmniglotSplits`.
+
+    Raises:
+        ValueError: see :func:`check_split_size` and :func:`character_order`.
     """
-    n = data.index.num_characters()
-    if not 0 < num_train < n:
-        raise ValueError(f"num_train must be in [1, {n - 1}] for {n} characters, got {num_train}")
-    if not 0 <= num_val < num_train:
-        raise ValueError(f"num_val must be in [0, num_train) = [0, {num_train}), got {num_val}")
-    perm = np.random.default_rng(seed).permutation(n)
+    check_split_size(data.index, num_train, num_val)
+    perm = character_order(data.index, split_seed)
     tr, va, te = perm[:num_train - num_val], perm[num_train - num_val:num_train], perm[num_train:]
     return OmniglotSplits(data.to_split(tr, train_rotations), data.to_split(va, eval_rotations) if num_val else None,
                           data.to_split(te, eval_rotations))
 
 
-def load_omniglot_splits(root: str | os.PathLike[str], image_size: int = 28, *, seed: int = 0, num_val: int = 0,
-                         cache_dir: str | os.PathLike[str] | None = None, progress: bool = True,
-                         workers: int = 1) -> OmniglotSplits:
-    """:func:`load_omniglot` then :func:`omniglot_splits` with the MAML defaults."""
+def load_omniglot_splits(root: str | os.PathLike[str], image_size: int = 28, *, split_seed: int | None = None,
+                         num_train: int = NUM_TRAIN_CHARACTERS, num_val: int = 0,
+                         cache_dir: str | os.PathLike[str] | None = None, progress: bool = True, workers: int = 1,
+                         seed: int | None = None) -> OmniglotSplits:
+    """:func:`load_omniglot` then :func:`omniglot_splits` with the MAML defaults.
+
+    The split arguments and the tree's size are checked before any image is decoded. ``seed`` is accepted for
+    older callers and ignored with a warning: the split no longer follows the training seed (use ``split_seed``).
+    """
+    if seed is not None:
+        warnings.warn("load_omniglot_splits(seed=...) is ignored: the character split is fixed and independent of "
+                      "the training seed; pass split_seed=... to draw another split", DeprecationWarning,
+                      stacklevel=2)
+    _check_split_seed(split_seed)
+    check_split_size(scan_omniglot(root), num_train, num_val)
     data = load_omniglot(root, image_size, cache_dir=cache_dir, progress=progress, workers=workers)
-    return omniglot_splits(data, seed=seed, num_val=num_val)
+    return omniglot_splits(data, split_seed=split_seed, num_train=num_train, num_val=num_val)

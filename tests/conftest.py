@@ -1,4 +1,8 @@
-"""Shared test set-up: one torch thread per process (measured: two threads slow second-order MAML under load)."""
+"""Shared test set-up: one torch thread per process (measured: two threads slow second-order MAML under load).
+
+Real Omniglot is found through ``$RKMETA_OMNIGLOT`` only (a folder holding ``images_background/`` and
+``images_evaluation/``; ``.ci/run`` sets it when CI has a copy). Tests that need it skip when it is absent.
+"""
 
 import os
 
@@ -7,10 +11,16 @@ import torch
 
 torch.set_num_threads(1)
 
-#: The real Omniglot dataset shipped beside the repository (read-only).
-OMNIGLOT_ROOT = os.environ.get(
-    "RKMETA_OMNIGLOT", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "omniglot")
-)
+#: The real Omniglot dataset (read-only), from ``$RKMETA_OMNIGLOT``; empty when unset.
+OMNIGLOT_ROOT: str = os.environ.get("RKMETA_OMNIGLOT", "")
+#: Whether that folder holds both Omniglot subsets.
+HAVE_OMNIGLOT: bool = bool(OMNIGLOT_ROOT) and all(
+    os.path.isdir(os.path.join(OMNIGLOT_ROOT, s)) for s in ("images_background", "images_evaluation"))
+#: Skip reason for tests that need the real data.
+NO_OMNIGLOT_REASON = ("real Omniglot not available: set RKMETA_OMNIGLOT to a folder holding images_background/ and "
+                      "images_evaluation/ (get it with: python -m rkmeta_rl.data omniglot)")
+#: Marker for tests that need the real data.
+needs_omniglot = pytest.mark.skipif(not HAVE_OMNIGLOT, reason=NO_OMNIGLOT_REASON)
 
 
 @pytest.fixture(autouse=True)

@@ -82,3 +82,25 @@ def test_errors() -> None:
     uneven = ClassSplit.from_labels(torch.zeros(25, 2, 2, 1, dtype=torch.uint8), [0] * 20 + [1] * 5, ["big", "small"])
     with pytest.raises(ValueError, match="1 of 2 classes .* 'small' \\(5\\)"):
         EpisodeSampler(uneven, ways=2, shots=1, queries=15)
+
+
+def test_fewshot_problem_train_and_test_queries() -> None:
+    """Training episodes draw ``queries`` per class, evaluation episodes (val and test) ``test_queries``."""
+    from rkmeta_rl.supervised.fewshot_problem import FewShotProblem
+
+    tr, te = _split(classes=8), _split(classes=6)
+    p = FewShotProblem("omniglot", tr, te, ways=5, shots=1, queries=1, test_queries=4, filters=4)
+    g = torch.Generator().manual_seed(0)
+    b = p.sample_tasks(2, g, 2, torch.device("cpu"))
+    assert b["xs"].shape[:2] == (2, 5) and b["xq"].shape[:2] == (2, 5) and b["yq"].shape == (2, 5)
+    for split in ("val", "test"):
+        e = p.sample_tasks(3, g, 2, torch.device("cpu"), split=split)
+        assert e["xs"].shape[:2] == (3, 5) and e["xq"].shape[:2] == (3, 20)
+        assert np.bincount(e["yq"][0].numpy(), minlength=5).tolist() == [4] * 5
+    same = FewShotProblem("omniglot", tr, te, ways=5, shots=1, queries=3, filters=4)
+    assert same.test_queries == 3
+    assert same.sample_tasks(1, g, 2, torch.device("cpu"), split="test")["xq"].shape[1] == 15
+    with pytest.raises(ValueError, match="test_queries must be an integer >= 1 or None, got 0"):
+        FewShotProblem("omniglot", tr, te, test_queries=0)
+    with pytest.raises(ValueError, match=r"shots \+ queries = 1 \+ 20 = 21"):
+        FewShotProblem("omniglot", tr, te, ways=5, shots=1, queries=1, test_queries=20)

@@ -1,6 +1,6 @@
 """Omniglot loading: real counts, preprocessing (LANCZOS on greyscale), MAML split, cache, layout errors.
 
-The real dataset (../shared/data/omniglot) is preprocessed once per test session into a session temporary
+The real dataset (``$RKMETA_OMNIGLOT``; those tests skip without it) is preprocessed once per test session into a session temporary
 cache (measured: about 15 s for the 32,460 PNGs on a 2-core CPU, 25 MB cache); set $RKMETA_CACHE to reuse a
 persistent cache across sessions.
 """
@@ -8,6 +8,8 @@ persistent cache across sessions.
 from __future__ import annotations
 
 import os
+import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import OMNIGLOT_ROOT
+from conftest import OMNIGLOT_ROOT, needs_omniglot
 from rkmeta_rl.supervised import omniglot as og
 
-needs_data = pytest.mark.skipif(not os.path.isdir(os.path.join(OMNIGLOT_ROOT, og.BACKGROUND)),
-                                reason=f"real Omniglot not found at {OMNIGLOT_ROOT}")
+needs_data = needs_omniglot
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +52,7 @@ def test_counts_from_file_tree() -> None:
 @needs_data
 def test_load_split_and_rotation_classes(omniglot_data: og.OmniglotData) -> None:
     assert omniglot_data.images.shape == (32460, 28, 28) and omniglot_data.images.dtype == np.uint8
-    sp = og.omniglot_splits(omniglot_data, seed=0)
+    sp = og.omniglot_splits(omniglot_data)
     assert sp.val is None
     assert sp.train.num_base_classes == 1200 and sp.train.num_classes == 4800
     assert sp.test.num_base_classes == 423 and sp.test.num_classes == 423
@@ -59,9 +60,13 @@ def test_load_split_and_rotation_classes(omniglot_data: og.OmniglotData) -> None
     assert not train & test and len(train | test) == 1623
     # the permutation mixes background and evaluation characters (MAML protocol)
     assert any(n.startswith(og.EVALUATION) for n in train) and any(n.startswith(og.BACKGROUND) for n in test)
-    assert og.omniglot_splits(omniglot_data, seed=0).train.class_names == sp.train.class_names
-    assert og.omniglot_splits(omniglot_data, seed=1).train.class_names != sp.train.class_names
-    sv = og.omniglot_splits(omniglot_data, seed=0, num_val=100)
+    # the canonical split is fixed: the original code's random.seed(1) shuffle of the sorted character names
+    names = sorted(f"{c.alphabet}/{c.character}" for c in omniglot_data.index.characters)
+    random.Random(1).shuffle(names)
+    assert {n.split("/", 1)[1] for n in sp.train.class_names} == set(names[:1200])
+    assert og.omniglot_splits(omniglot_data, split_seed=1).train.class_names == sp.train.class_names
+    assert og.omniglot_splits(omniglot_data, split_seed=2).train.class_names != sp.train.class_names
+    sv = og.omniglot_splits(omniglot_data, num_val=100)
     assert sv.val is not None and sv.val.num_classes == 100 and sv.train.num_classes == 4400
     assert set(sv.train.class_names) | set(sv.val.class_names) == train  # carved from the training characters
     assert sv.test.class_names == sp.test.class_names
@@ -143,7 +148,7 @@ def test_torchvision_layout_and_cache_reuse(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_missing_and_wrong_layouts(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="does not exist.*get it with: python -m rkmeta_rl.data omniglot"):
         og.scan_omniglot(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="images_background.*characterNN"):
         og.scan_omniglot(tmp_path)
@@ -166,7 +171,50 @@ def test_split_arguments_are_checked_and_parallel_build(tmp_path: Path) -> None:
     data = og.load_omniglot(tmp_path / "d", 8, cache_dir=tmp_path / "c", progress=False)
     par = og.load_omniglot(tmp_path / "d", 8, cache_dir=tmp_path / "c2", progress=False, workers=2)
     assert np.array_equal(par.images, data.images)
-    with pytest.raises(ValueError, match="num_train"):
+    with pytest.raises(ValueError, match="holds 8 characters .* needs more than 8 .*num_train=8"):
         og.omniglot_splits(data, num_train=8)
     with pytest.raises(ValueError, match="num_val"):
         og.omniglot_splits(data, num_train=4, num_val=4)
+    with pytest.raises(ValueError, match="num_train must be an integer >= 1"):
+        og.omniglot_splits(data, num_train=0)
+    with pytest.raises(ValueError, match="split_seed must be an integer or None, got 1.5"):
+        og.omniglot_splits(data, num_train=4, split_seed=1.5)  # type: ignore[arg-type]
+
+
+def test_split_is_fixed_and_independent_of_listing_order(tmp_path: Path) -> None:
+    _make_tree(tmp_path / "d", alphabets=3, chars=4, drawings=1)
+    data = og.load_omniglot(tmp_path / "d", 8, cache_dir=tmp_path / "c", progress=False)
+    a = og.omniglot_splits(data, num_train=16)
+    assert og.omniglot_splits(data, num_train=16).test.class_names == a.test.class_names  # deterministic
+    # the same characters listed in another order (another file system) give the same split
+    rev = data.index.characters[::-1]
+    order = og.character_order(og.OmniglotIndex(data.index.root, rev))
+    assert [rev[i].name for i in order] == [data.index.characters[i].name for i in og.character_order(data.index)]
+    # another split_seed draws another split over the same characters
+    b = og.omniglot_splits(data, num_train=16, split_seed=7)
+    assert set(b.test.class_names) != set(a.test.class_names)
+    assert set(b.train.class_names) | set(b.test.class_names) == set(a.train.class_names) | set(a.test.class_names)
+
+
+def test_too_small_tree_fails_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _make_tree(tmp_path / "d", drawings=1)
+
+    def boom(*args: object, **kwargs: object) -> np.ndarray:
+        raise AssertionError("decoded images before checking the split")
+
+    monkeypatch.setattr(og, "preprocess_omniglot_image", boom)
+    with pytest.raises(ValueError, match=r"holds 8 characters \(4 alphabets\), but the split needs more than 1200"
+                                         r".* complete dataset has 1623.*python -m rkmeta_rl.data omniglot"):
+        og.load_omniglot_splits(tmp_path / "d", cache_dir=tmp_path / "c", progress=False)
+    with pytest.raises(ValueError, match="num_val must be in"):
+        og.load_omniglot_splits(tmp_path / "d", num_train=4, num_val=5, cache_dir=tmp_path / "c", progress=False)
+    with pytest.raises(ValueError, match="split_seed must be an integer or None, got '1'"):
+        og.load_omniglot_splits(tmp_path / "d", num_train=4, split_seed="1",  # type: ignore[arg-type]
+                                cache_dir=tmp_path / "c", progress=False)
+    monkeypatch.undo()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sp = og.load_omniglot_splits(tmp_path / "d", 8, num_train=6, seed=3, cache_dir=tmp_path / "c", progress=False)
+    assert any("split is fixed" in str(w.message) for w in caught)
+    same = og.load_omniglot_splits(tmp_path / "d", 8, num_train=6, cache_dir=tmp_path / "c", progress=False)
+    assert sp.test.class_names == same.test.class_names  # the training seed does not move the split
