@@ -64,7 +64,7 @@ def run_equiv(outdir: str, info: DistInfo) -> dict[str, Any]:
     """Two meta-iterations on the sliced tasks, a split evaluation, and an interrupted-then-resumed run."""
     tr = MetaTrainer(SlicedProblem(META_BATCH, info), config(), logdir=os.path.join(outdir, "equiv"), dist=info)
     stats: list[dict[str, float]] = []
-    tr.learn(callback=lambda t, it, s: stats.append(dict(s)) and None, progress_bar=False)
+    tr.learn(callback=lambda t, s: stats.append(dict(s)) and None, progress_bar=False)
     out: dict[str, Any] = {"params": params_of(tr), "stats": stats,
                            "eval": tr.evaluate(7, seed=99, split="test"), "world_size": info.world_size}
     tr.close()
@@ -96,8 +96,8 @@ def main() -> None:
         if mode not in ("crash", "hang"):
             raise SystemExit(f"unknown mode {mode!r}")
 
-        def misbehave(tr: MetaTrainer, it: int, stats: Any) -> None:
-            if info.rank == 1 and it == 1:
+        def misbehave(tr: MetaTrainer, stats: Any) -> None:
+            if info.rank == 1 and tr.num_iterations == 1:
                 if mode == "crash":
                     raise RuntimeError("rank 1 crashes on purpose")
                 time.sleep(600)  # alive but no longer taking part in collectives

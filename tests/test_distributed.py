@@ -89,8 +89,8 @@ def test_two_ranks_match_one_process_on_the_same_tasks(tmp_path) -> None:
             assert torch.equal(ranks[r]["resumed"][k], ranks[r]["straight"][k]), (r, k)
     # logged statistics are full-batch means too
     for s_dist, s_ref in zip(ranks[0]["stats"], ref["stats"]):
-        assert s_dist["num_tasks"] == 5.0
-        for key in ("query_loss_post", "support_loss_pre", "grad_norm"):
+        assert s_dist["train/num_tasks"] == 5.0
+        for key in ("train/query_loss_post", "train/support_loss_pre", "train/grad_norm"):
             assert s_dist[key] == pytest.approx(s_ref[key], rel=1e-5), key
     for key, arr in ref["eval"].items():
         for r in range(2):
