@@ -148,7 +148,7 @@ class BatchedSampler:
 
     Random streams: action noise comes from the ``generator`` of :meth:`sample`; env ``n``'s reset seed is the
     ``n``-th draw ``int(_seed_rng.integers(2**31))`` of a numpy generator seeded with ``seed`` (the same draws,
-    in the same order, as :class:`GymSampler`). ``MetaTRPO.rng_state()`` saves ``_seed_rng``, so a resumed run
+    in the same order, as :class:`GymSampler`). ``MetaTRPO.rng_state()`` saves :attr:`seed_rng`, so a resumed run
     continues exactly; every reset is seeded, so reused and fresh env instances give the same episodes.
 
     Args:
@@ -185,6 +185,15 @@ class BatchedSampler:
         self._seed_rng = np.random.default_rng(seed)
         self._envs: OrderedDict[int, BatchedEnvs] = OrderedDict()
 
+
+    @property
+    def seed_rng(self) -> np.random.Generator:
+        """The numpy generator that draws the env reset seeds (part of a run's random state)."""
+        return self._seed_rng
+
+    @seed_rng.setter
+    def seed_rng(self, rng: np.random.Generator) -> None:
+        self._seed_rng = rng
     def sample_tasks(self, num_tasks: int, rng: np.random.Generator) -> list[Any]:
         return _checked_tasks(self.env.unwrapped.sample_tasks(num_tasks, rng), num_tasks, self._family)
 
@@ -274,6 +283,15 @@ class GymSampler:
         self.horizon = horizon_of(self.envs[0], horizon)
         self._seed_rng = np.random.default_rng(seed)
 
+
+    @property
+    def seed_rng(self) -> np.random.Generator:
+        """The numpy generator that draws the env reset seeds (part of a run's random state)."""
+        return self._seed_rng
+
+    @seed_rng.setter
+    def seed_rng(self, rng: np.random.Generator) -> None:
+        self._seed_rng = rng
     def _make(self) -> gym.Env:
         return gym.make(self.env_id, disable_env_checker=True, **self.env_kwargs)
 
