@@ -105,6 +105,12 @@ class MetaTrainer(BaseMetaAlgorithm):
         self.task_gen = torch.Generator().manual_seed(rank_seed(c.seed + 1, self.dist.rank))
         self.last_eval: dict[str, np.ndarray] = {}
 
+    @classmethod
+    def load(cls, path: str, problem: MetaProblem, dist: DistInfo | None = None, **overrides: Any) -> "MetaTrainer":
+        """Rebuild a trainer from a checkpoint (``save``, ``CheckpointCallback`` or a run folder's) on
+        ``problem``; ``overrides`` may change only the fields of ``config.MAY_CHANGE``."""
+        return cls._load_with(path, overrides, lambda config: cls(problem, config, dist=dist))
+
     @property
     def iteration(self) -> int:
         """Meta-iterations done (``num_iterations``)."""
@@ -186,6 +192,7 @@ class MetaTrainer(BaseMetaAlgorithm):
             p.grad = g
         self.optimizer.step()
         self.num_iterations += 1
+        self.num_timesteps += c.meta_batch_size  # SB3's counter; here: tasks trained on
         return out
 
     #: the name benchmarks and older callers use

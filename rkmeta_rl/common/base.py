@@ -27,7 +27,7 @@ import math
 import os
 import time
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 import torch
 from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
@@ -45,6 +45,8 @@ from .run_dir import check_run_dir, write_run_config
 from .signals import StopSignals
 
 __all__ = ["BaseMetaAlgorithm", "CHECKPOINT_PREFIX"]
+
+_Algo = TypeVar("_Algo", bound="BaseMetaAlgorithm")
 
 #: Every checkpoint's ``format`` starts with this, then the algorithm's name and a version.
 CHECKPOINT_PREFIX = "rkmeta_rl."
@@ -90,13 +92,14 @@ class BaseMetaAlgorithm(ABC):
         #: why the last :meth:`learn` stopped early: ``"time_budget"``, ``"callback"`` or ``None``
         self.stopped_by: str | None = None
         self._resumed_at: int | None = None
+        self._latest_at: int | None = None
         self._logger: Logger | None = None
         self._setup_model()
         if resume:
             assert logdir is not None
             path, state = load_latest(logdir)
             self._restore(state, path, what="--resume")
-            self._resumed_at = self.num_iterations
+            self._resumed_at = self._latest_at = self.num_iterations
         if logdir is not None and self.dist.distributed:
             barrier()  # every rank checked the folder before rank 0 writes into it
         if logdir is not None and self.dist.is_main:
@@ -181,8 +184,17 @@ class BaseMetaAlgorithm(ABC):
         return save_checkpoint(path, state)
 
     def _save_run(self, name: str = LATEST) -> str | None:
-        """Checkpoint ``name`` in the run folder (the latest one keeps its predecessor), if there is one."""
-        return None if self.logdir is None else self.save(os.path.join(self.logdir, name))
+        """Checkpoint ``name`` in the run folder, if there is one. The latest one keeps its predecessor, and is
+        not written twice at one iteration (so the predecessor stays an older one)."""
+        if self.logdir is None:
+            return None
+        path = os.path.join(self.logdir, name)
+        if name == LATEST and self._latest_at == self.num_iterations:
+            return path
+        self.save(path)
+        if name == LATEST:
+            self._latest_at = self.num_iterations
+        return path
 
     @classmethod
     def _check_kind(cls, state: Mapping[str, Any], path: str) -> None:
@@ -206,16 +218,21 @@ class BaseMetaAlgorithm(ABC):
         self.elapsed = float(state.get("elapsed", 0.0))
 
     @classmethod
-    def _saved_config(cls, path: str, state: Mapping[str, Any], overrides: Mapping[str, Any]) -> BaseConfig:
-        """The config of a checkpoint with ``overrides``; a changed field outside ``MAY_CHANGE`` is refused."""
+    def _load_with(cls, path: str, overrides: dict[str, Any], make: Callable[[Any], _Algo]) -> _Algo:
+        """The one load path: read and verify ``path``, check its kind, apply ``overrides`` (only the fields of
+        ``config.MAY_CHANGE`` may differ from the saved ones), ``make(config)`` the model and restore its state.
+
+        Raises:
+            CheckpointError: ``path`` is damaged, or not a checkpoint of this algorithm (it says what it is).
+            ConfigMismatchError: an override changes a training setting (named with both values).
+        """
+        state = load_checkpoint(path, weights_only=True)
         cls._check_kind(state, path)
         config = cls.config_class.from_dict(state["config"]).replace(**overrides)
         config.check_resume(state["config"], what=f"load({path})")
-        return config
-
-    @staticmethod
-    def _read(path: str) -> dict[str, Any]:
-        return load_checkpoint(path, weights_only=True)
+        model = make(config)
+        model._restore(state, path, what=f"load({path})")
+        return model
 
     # ---- parameters and seeding (SB3 API) --------------------------------------------------------------------
     def get_parameters(self) -> dict[str, torch.Tensor]:

@@ -2,7 +2,7 @@
 
 :meth:`~rkmeta_rl.common.base.BaseMetaAlgorithm.learn` accepts an SB3 ``BaseCallback`` (``CheckpointCallback``,
 ``CallbackList``, your own subclass), a plain callable ``fn(model, stats) -> bool | None``, or a list of
-either. ``on_step`` runs once per meta-iteration, after the iteration's statistics are recorded and before the
+either (also inside a ``CallbackList``). ``on_step`` runs once per meta-iteration, after the iteration's statistics are recorded and before the
 logger dumps them (what a callback records lands in the same row); returning ``False`` stops training.
 ``callback.locals`` holds ``stats`` (the iteration's statistics) and ``iteration``.
 """
@@ -39,6 +39,9 @@ def as_callback(callback: MaybeCallback) -> BaseCallback:
     """Normalise what ``learn(callback=...)`` accepts into one SB3 :class:`BaseCallback`."""
     if callback is None:
         return _NoCallback()
+    if isinstance(callback, CallbackList):  # plain callables inside an SB3 CallbackList are wrapped too
+        callback.callbacks = [as_callback(c) for c in callback.callbacks]
+        return callback
     if isinstance(callback, BaseCallback):
         return callback
     if isinstance(callback, (list, tuple)):

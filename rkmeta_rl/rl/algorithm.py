@@ -421,15 +421,15 @@ class MetaTRPO(BaseMetaAlgorithm):
             CheckpointError: ``path`` is damaged or not a MetaTRPO checkpoint (it says what it is).
             ConfigMismatchError: an override changes a training setting.
         """
-        state = cls._read(path)
         if device is not None:
             overrides["device"] = device
         if isinstance(env, str):
             overrides["env"] = env
-        config = cls._saved_config(path, state, overrides)
-        env_ = env if env is not None else config.env
-        if env_ is None:
-            raise ValueError("the model was trained on an unregistered env instance: pass env=")
-        model = cls("MlpPolicy", env_, config=config, dist=dist)
-        model._restore(state, path, what=f"load({path})")
-        return model
+
+        def make(config: MetaTRPOConfig) -> MetaTRPO:
+            env_ = env if env is not None else config.env
+            if env_ is None:
+                raise ValueError("the model was trained on an unregistered env instance: pass env=")
+            return cls("MlpPolicy", env_, config=config, dist=dist)
+
+        return cls._load_with(path, overrides, make)
