@@ -108,7 +108,8 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type[BaseConfi
                                help=text)
         else:
             group.add_argument(flag_name(f.name), dest=f.name, type=kind, default=None,
-                               choices=CHOICES.get(f.name), help=text)
+                               choices=CHOICES.get(f.name), metavar="MINUTES" if f.name == "time_budget_min" else None,
+                               help=text)
         fields.append(f.name)
     return fields
 

@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..checkpoint import load_latest
 from ..common.base import BaseMetaAlgorithm
 from ..common.callbacks import MaybeCallback
 from ..common.config import BaseConfig
@@ -79,7 +80,10 @@ def run_command(cmd: Command, argv: list[str] | None = None) -> dict[str, Any]:
     try:
         try:
             split_batch(getattr(config, "meta_batch_size", dist.world_size), dist.rank, dist.world_size)
-            model = cmd.build(args, config, dist, args.logdir or cmd.logdir(args, config))
+            logdir = args.logdir or cmd.logdir(args, config)
+            if args.resume:  # compare the settings before any work (data loading included)
+                config.check_resume(load_latest(logdir)[1]["config"])
+            model = cmd.build(args, config, dist, logdir)
         except USER_ERRORS as err:
             sys.exit(f"error: {err}")
         try:
