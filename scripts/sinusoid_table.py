@@ -75,7 +75,7 @@ def markdown(summary: dict[str, dict[str, float]], iterations: int) -> str:
         txt = f"{r[key]:.3f} ± {r[key + '_ci95_seeds']:.3f}"
         return txt + (f" ({n_div}/{n} seeds diverge)" if n_div else "")
 
-    lines = [f"| method | paper (Table 2) | ours, 1 step | ours, 10 steps | 10 steps, median task | seeds | s/run |",
+    lines = ["| method | paper (Table 2) | ours, 1 step | ours, 10 steps | 10 steps, median task | seeds | s/run |",
              "|---|---|---|---|---|---|---|"]
     for method, r in summary.items():
         lines.append(f"| {method} | {r['paper']:.2f} | {cell(r, 'mse_1_step')} | {cell(r, 'mse_10_steps')} | "

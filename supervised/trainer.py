@@ -25,8 +25,15 @@ import torch
 from stable_baselines3.common.logger import Figure
 
 from rkmeta_rl.common.base import BaseMetaAlgorithm
-from rkmeta_rl.distributed import (DistInfo, all_gather_objects, all_reduce_mean, batch_slice, broadcast_params,
-                                   rank_seed, split_batch)
+from rkmeta_rl.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_mean,
+    batch_slice,
+    broadcast_params,
+    rank_seed,
+    split_batch,
+)
 from rkmeta_rl.errors import ConfigMismatchError, NonFiniteError
 from rkmeta_rl.rk import LossFn, Params, PerStage, adapt_and_score, get_tableau, meta_gradient
 from rkmeta_rl.utils import mean_ci95

@@ -17,8 +17,7 @@ import time
 import pytest
 import torch
 
-from rkmeta_rl.distributed import (DistInfo, all_reduce_mean, batch_slice, init_distributed, rank_seed,
-                                   split_batch)
+from rkmeta_rl.distributed import DistInfo, all_reduce_mean, batch_slice, init_distributed, rank_seed, split_batch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

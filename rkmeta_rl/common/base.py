@@ -36,11 +36,11 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import FINAL, LATEST, latest_checkpoint, load_checkpoint, load_latest, save_checkpoint
 from ..distributed import DistInfo, all_reduce_max, barrier, current_dist
+from ..errors import CheckpointError, NonFiniteError, TrainingInterrupted
 from ..logger import ITERATION_KEY, make_logger
 from ..utils import resolve_device, set_threads, write_json_atomic
 from .callbacks import MaybeCallback, as_callback
 from .config import BaseConfig
-from ..errors import CheckpointError, NonFiniteError, TrainingInterrupted
 from .run_dir import check_run_dir, write_run_config
 from .signals import StopSignals
 
@@ -134,6 +134,7 @@ class BaseMetaAlgorithm(ABC):
 
     def _log_extra(self, iteration: int) -> None:
         """Record more on a logging iteration (evaluations, figures); default: nothing."""
+        return None
 
     def _hparams_metrics(self) -> dict[str, float]:
         """Final metrics for TensorBoard's HParams tab when :meth:`finish` gets none; default: none."""

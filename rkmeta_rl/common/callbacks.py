@@ -1,22 +1,23 @@
 """Callbacks: Stable-Baselines3's :class:`BaseCallback` protocol, once per meta-iteration.
 
-:meth:`~rkmeta_rl.common.base.BaseMetaAlgorithm.learn` accepts an SB3 ``BaseCallback`` (``CheckpointCallback``,
-``CallbackList``, your own subclass), a plain callable ``fn(model, stats) -> bool | None``, or a list of
-either (also inside a ``CallbackList``). ``on_step`` runs once per meta-iteration, after the iteration's statistics are recorded and before the
-logger dumps them (what a callback records lands in the same row); returning ``False`` stops training.
+:meth:`~rkmeta_rl.common.base.BaseMetaAlgorithm.learn` accepts an SB3 ``BaseCallback``
+(``CheckpointCallback``, ``CallbackList``, your own subclass), a plain callable
+``fn(model, stats) -> bool | None``, or a list of either (also inside a ``CallbackList``). ``on_step`` runs
+once per meta-iteration, after the iteration's statistics are recorded and before the logger dumps them (what
+a callback records lands in the same row); returning ``False`` stops training.
 ``callback.locals`` holds ``stats`` (the iteration's statistics) and ``iteration``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Sequence
 
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
 __all__ = ["FunctionCallback", "MaybeCallback", "as_callback"]
 
 #: What ``learn(callback=...)`` accepts.
-MaybeCallback = Union[None, BaseCallback, Callable[[Any, dict], Any], Sequence[Union[BaseCallback, Callable]]]
+MaybeCallback = BaseCallback | Callable[[Any, dict], Any] | Sequence[BaseCallback | Callable] | None
 
 
 class FunctionCallback(BaseCallback):

@@ -18,8 +18,8 @@ from typing import Any, ClassVar, Mapping, Optional
 
 import torch
 
-from ..utils import check_positive, resolve_device
 from ..errors import ConfigMismatchError
+from ..utils import check_positive, resolve_device
 
 __all__ = ["BaseConfig", "validate_method", "MAY_CHANGE_ON_RESUME"]
 
@@ -165,6 +165,6 @@ class BaseConfig:
             if name in self.MAY_CHANGE or name not in saved:
                 continue
             if _plain(saved[name]) != value:
+                may = ", ".join(sorted(self.MAY_CHANGE))
                 raise ConfigMismatchError(f"{what}: the checkpoint was trained with {name}={saved[name]!r}, this run "
-                                          f"asks for {name}={getattr(self, name)!r} (only {', '.join(sorted(self.MAY_CHANGE))} "
-                                          "may change)")
+                                          f"asks for {name}={getattr(self, name)!r} (only {may} may change)")

@@ -17,8 +17,8 @@ import subprocess
 import sys
 from typing import Any, Mapping
 
-from ..utils import write_json_atomic
 from ..errors import RunDirError
+from ..utils import write_json_atomic
 
 __all__ = ["check_run_dir", "write_run_config", "package_versions", "git_commit"]
 

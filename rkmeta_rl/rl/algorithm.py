@@ -26,7 +26,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .. import envs as _envs  # noqa: F401  (registers the built-in task families)
+from .. import envs as _envs
 from ..common.base import BaseMetaAlgorithm
 from ..distributed import DistInfo, all_gather_objects, all_reduce_mean, broadcast_params, rank_seed, split_batch
 from ..envs.protocol import TaskFamilyError, validate_task_family
@@ -61,8 +61,8 @@ def _gymnasium_check(env: str | gym.Env) -> None:
             warnings.simplefilter("ignore")
             check_env(inst.unwrapped, skip_render_check=True)
     except Exception as err:  # noqa: BLE001 - the checker raises AssertionError and others
-        raise TaskFamilyError(f"{env if isinstance(env, str) else type(inst.unwrapped).__name__} fails Gymnasium's "
-                              f"check_env: {type(err).__name__}: {err}") from err
+        name = env if isinstance(env, str) else type(inst.unwrapped).__name__
+        raise TaskFamilyError(f"{name} fails Gymnasium's check_env: {type(err).__name__}: {err}") from err
 
 
 #: Ids of the built-in task families (tested; :func:`check_task_family` skips them).
@@ -77,8 +77,8 @@ def check_task_family(env: str | gym.Env) -> None:
 
     Raises:
         TaskFamilyError: a non-``Box`` action space; what is missing or wrong (an unregistered id: close
-            matches and the ``--module`` hint; a family without ``set_task`` whose ``reset(options={"task": ...})`` does not install the
-            task: says both).
+            matches and the ``--module`` hint; a family without ``set_task`` whose
+            ``reset(options={"task": ...})`` does not install the task: says both).
     """
     env_id = env if isinstance(env, str) else (env.spec.id if env.spec is not None else None)
     if env_id in BUILTIN_ENV_IDS:

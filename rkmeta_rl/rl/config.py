@@ -85,7 +85,8 @@ class MetaTRPOConfig(BaseConfig):
         if not hidden or any(not isinstance(h, int) or h < 1 for h in hidden):
             raise ValueError(f"hidden_sizes must be positive integers, got {hidden!r}")
         if self.policy_kwargs.get("activation", "relu") not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.policy_kwargs['activation']!r}")
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got "
+                             f"{self.policy_kwargs['activation']!r}")
 
 
 #: The widely used PyTorch MAML-RL code's 2D-navigation setting as ``MetaTRPO`` keyword arguments (the

@@ -22,10 +22,9 @@ task dimension ``T``; see :mod:`rkmeta_rl.rl.policy`).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, Sequence
-
 import functools
 from collections import OrderedDict
+from typing import Any, Mapping, Protocol, Sequence
 
 import gymnasium as gym
 import numpy as np
