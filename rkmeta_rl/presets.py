@@ -48,12 +48,15 @@ SINUSOID: dict[str, MetaTrainConfig] = {
 }
 SINUSOID["paper"] = dataclasses.replace(SINUSOID["default"], iterations=100_000)
 
+#: the few-shot command's run settings before the paper presets (60,000 iterations, logging every 50, ...)
+_FEWSHOT_RUN = dict(iterations=60_000, log_interval=50, checkpoint_interval=200, eval_interval=500,
+                    eval_tasks=100, final_eval_tasks=600, eval_chunk=50, meta_lr=1e-3, queries=15)
 _MAML_OMNIGLOT_5W = FewShotConfig(dataset="omniglot", ways=5, shots=1, meta_batch_size=32, inner_lr=0.4,
-                                  inner_steps=1, test_inner_steps=3, filters=64, pool="stride")
+                                  inner_steps=1, test_inner_steps=3, filters=64, pool="stride", **_FEWSHOT_RUN)
 _MAML_OMNIGLOT_20W = dataclasses.replace(_MAML_OMNIGLOT_5W, ways=20, meta_batch_size=16, inner_lr=0.1,
                                          inner_steps=5, test_inner_steps=5)
 _MAML_MINI_1S = FewShotConfig(dataset="miniimagenet", ways=5, shots=1, meta_batch_size=4, inner_lr=0.01,
-                              inner_steps=5, test_inner_steps=10, filters=32, pool="max")
+                              inner_steps=5, test_inner_steps=10, filters=32, pool="max", **_FEWSHOT_RUN)
 
 FEWSHOT: dict[str, FewShotConfig] = {
     "maml-omniglot-5w": _MAML_OMNIGLOT_5W,

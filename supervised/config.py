@@ -62,6 +62,9 @@ class MetaTrainConfig(BaseConfig):
 class FewShotConfig(MetaTrainConfig):
     """Few-shot image classification (Omniglot, MiniImagenet): the training settings and the data settings.
 
+    The training fields default to :class:`MetaTrainConfig`'s; a benchmark's settings are its preset
+    (:func:`rkmeta_rl.presets.fewshot_preset`), which is what the command line starts from.
+
     Attributes (beyond :class:`MetaTrainConfig`'s):
         dataset: ``"omniglot"`` or ``"miniimagenet"``.
         ways, shots: classes per episode and support images per class.
@@ -75,14 +78,6 @@ class FewShotConfig(MetaTrainConfig):
 
     MAX_STAGES: ClassVar[Optional[int]] = 2
 
-    iterations: int = 60_000
-    inner_lr: float = 0.4
-    log_interval: int = 50
-    checkpoint_interval: int = 200
-    meta_batch_size: int = 32
-    test_inner_steps: int = 3
-    eval_interval: int = 500
-    eval_chunk: Optional[int] = 50
     dataset: str = "omniglot"
     ways: int = 5
     shots: int = 1

@@ -135,7 +135,22 @@ def supports_shared_model(env: gym.Env) -> bool:
     return hasattr(type(env.unwrapped), "_share_model")
 
 
-class BatchedSampler:
+class _SeedStream:
+    """The env-seed stream of a sampler that resets real env instances, exposed as :attr:`seed_rng`."""
+
+    _seed_rng: np.random.Generator
+
+    @property
+    def seed_rng(self) -> np.random.Generator:
+        """The numpy generator that draws the env reset seeds (part of a run's random state)."""
+        return self._seed_rng
+
+    @seed_rng.setter
+    def seed_rng(self, rng: np.random.Generator) -> None:
+        self._seed_rng = rng
+
+
+class BatchedSampler(_SeedStream):
     """Fast generic sampler for any registered task family, on :class:`~rkmeta_rl.rl.vec_env.BatchedEnvs`.
 
     A call with ``T`` tasks and ``B`` trajectories runs ``N = T x B`` env instances, env ``n`` on task
@@ -184,15 +199,6 @@ class BatchedSampler:
         self._seed_rng = np.random.default_rng(seed)
         self._envs: OrderedDict[int, BatchedEnvs] = OrderedDict()
 
-
-    @property
-    def seed_rng(self) -> np.random.Generator:
-        """The numpy generator that draws the env reset seeds (part of a run's random state)."""
-        return self._seed_rng
-
-    @seed_rng.setter
-    def seed_rng(self, rng: np.random.Generator) -> None:
-        self._seed_rng = rng
     def sample_tasks(self, num_tasks: int, rng: np.random.Generator) -> list[Any]:
         return _checked_tasks(self.env.unwrapped.sample_tasks(num_tasks, rng), num_tasks, self._family)
 
@@ -255,7 +261,7 @@ class BatchedSampler:
         self.env.close()
 
 
-class GymSampler:
+class GymSampler(_SeedStream):
     """Generic sampler looping over Gymnasium env instances (any task family).
 
     ``num_traj`` env instances are made (and kept); for each task they are reset with
@@ -282,15 +288,6 @@ class GymSampler:
         self.horizon = horizon_of(self.envs[0], horizon)
         self._seed_rng = np.random.default_rng(seed)
 
-
-    @property
-    def seed_rng(self) -> np.random.Generator:
-        """The numpy generator that draws the env reset seeds (part of a run's random state)."""
-        return self._seed_rng
-
-    @seed_rng.setter
-    def seed_rng(self, rng: np.random.Generator) -> None:
-        self._seed_rng = rng
     def _make(self) -> gym.Env:
         return gym.make(self.env_id, disable_env_checker=True, **self.env_kwargs)
 
