@@ -40,11 +40,12 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> dict:
            str(args.eval_interval)]
     if os.path.isfile(os.path.join(logdir, "checkpoint_latest.pt")):
         cmd.append("--resume")
-    os.makedirs(logdir, exist_ok=True)
-    with open(os.path.join(logdir, "stdout.log"), "a") as log:
+    os.makedirs(os.path.dirname(logdir) or ".", exist_ok=True)
+    # the log sits beside the run folder: a fresh run refuses a folder that already holds files
+    with open(f"{logdir}.stdout.log", "a") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
-        raise RuntimeError(f"run {method} seed {seed} failed (exit {proc.returncode}); see {logdir}/stdout.log")
+        raise RuntimeError(f"run {method} seed {seed} failed (exit {proc.returncode}); see {logdir}.stdout.log")
     with open(metrics_path) as fh:
         return json.load(fh)
 

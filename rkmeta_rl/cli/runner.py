@@ -88,10 +88,8 @@ def run_command(cmd: Command, argv: list[str] | None = None) -> dict[str, Any]:
             sys.exit(f"error: {err}")
         try:
             model.learn(callback=cmd.callbacks(args, model), progress_bar=not args.no_progress)
-        except TrainingInterrupted as err:
+        except TrainingInterrupted as err:  # the checkpoint is written and the base logged it (on stderr)
             model.close()
-            if dist.is_main:
-                print(f"rkmeta_rl: {err}", file=sys.stderr, flush=True)
             raise SystemExit(err.exit_code) from None
         except NonFiniteError as err:
             model.close()

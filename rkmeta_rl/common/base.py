@@ -23,6 +23,7 @@ decisions (callback, time budget, signals) are agreed by all ranks every iterati
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -47,6 +48,7 @@ from .signals import StopSignals
 __all__ = ["BaseMetaAlgorithm", "CHECKPOINT_PREFIX"]
 
 _Algo = TypeVar("_Algo", bound="BaseMetaAlgorithm")
+_log = logging.getLogger("rkmeta_rl")
 
 #: Every checkpoint's ``format`` starts with this, then the algorithm's name and a version.
 CHECKPOINT_PREFIX = "rkmeta_rl."
@@ -325,7 +327,10 @@ class BaseMetaAlgorithm(ABC):
                     over = budget is not None and self.elapsed >= budget
                     stop_cb, over, signum = self._agree(float(not go_on), float(over), float(signals.received))
                     if signum:
-                        raise TrainingInterrupted(int(signum), it, self._save_run(LATEST) if self.logdir else None)
+                        err = TrainingInterrupted(int(signum), it, self._save_run(LATEST))
+                        if self.is_main:
+                            _log.warning("%s", err)
+                        raise err
                     if stop_cb or over:
                         self.stopped_by = "callback" if stop_cb else "time_budget"
                         break
