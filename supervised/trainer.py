@@ -100,6 +100,8 @@ class MetaTrainer(BaseMetaAlgorithm):
         self.local_batch_size = split_batch(c.meta_batch_size, self.dist.rank, self.dist.world_size)
         self.tableau = get_tableau(c.method)
         self._compile = c.compile
+        for fn in (meta_gradient, adapt_and_score):  # the engine must support parameter selection, before work
+            _engine_kwargs(fn, c.adapt)
         init_gen = torch.Generator().manual_seed(c.seed)
         self.params: Params = {k: v.to(self.device)
                                for k, v in self.problem.init_params(init_gen, self.device).items()}

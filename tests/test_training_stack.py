@@ -290,3 +290,60 @@ def test_load_says_what_kind_of_file_it_got(tmp_path) -> None:
         fh.truncate(100)
     with pytest.raises(CheckpointError, match=r"cut\.pt"):
         load_checkpoint(str(tmp_path / "cut.pt"))
+
+
+# ---- a new algorithm is one module ----------------------------------------------------------------------------
+from dataclasses import dataclass  # noqa: E402
+
+from rkmeta_rl.common import BaseConfig, BaseMetaAlgorithm  # noqa: E402
+
+
+@dataclass
+class ToyConfig(BaseConfig):
+    step: float = 0.5
+
+
+class ToyAlgorithm(BaseMetaAlgorithm):
+    """A stand-in outer update: move ``w`` towards a random target each iteration."""
+
+    config_class = ToyConfig
+
+    def _setup_model(self) -> None:
+        self.w = torch.zeros(3, dtype=torch.float64)
+        self.gen = torch.Generator().manual_seed(self.config.seed)
+
+    def train_iteration(self) -> dict[str, float]:
+        target = torch.randn(3, generator=self.gen, dtype=torch.float64)
+        loss = float(((self.w - target) ** 2).sum())
+        self.w += self.config.step * (target - self.w)
+        self.num_iterations += 1
+        return {"train/loss": loss}
+
+    def _state_dict(self) -> dict:
+        return {"w": self.w.clone(), "gen": self.gen.get_state()}
+
+    def _load_state_dict(self, state) -> None:
+        self.w.copy_(state["w"])
+        self.gen.set_state(state["gen"])
+
+    def _parameters(self) -> dict[str, torch.Tensor]:
+        return {"w": self.w}
+
+    def _reseed(self, seed: int) -> None:
+        self.gen.manual_seed(seed)
+
+
+def test_a_new_outer_update_gets_the_whole_stack(tmp_path) -> None:
+    conf = ToyConfig(method="euler", iterations=8, checkpoint_interval=2, device="cpu")
+    straight = ToyAlgorithm(conf, logdir=str(tmp_path / "a"))
+    straight.learn()
+    cut = ToyAlgorithm(conf, logdir=str(tmp_path / "b"))
+    with pytest.raises(KeyError):
+        cut.learn(callback=lambda m, s: {}[m.num_iterations] if m.num_iterations == 5 else None)
+    resumed = ToyAlgorithm(conf, logdir=str(tmp_path / "b"), resume=True)
+    assert resumed.num_iterations == 4
+    resumed.learn()
+    assert torch.equal(straight.w, resumed.w) and resumed.num_iterations == 8
+    with pytest.raises(ConfigMismatchError, match="step"):
+        ToyAlgorithm(ToyConfig(method="euler", iterations=9, step=0.1, device="cpu"), logdir=str(tmp_path / "b"),
+                     resume=True)

@@ -93,9 +93,7 @@ def build_problem(args: argparse.Namespace, c: FewShotConfig) -> Any:
 
 def _build(args: argparse.Namespace, config: FewShotConfig, dist: DistInfo, logdir: str) -> MetaTrainer:
     problem = build_problem(args, config)
-    trainer = MetaTrainer(problem, config, logdir=logdir, resume=args.resume, verbose=args.verbose, dist=dist)
-    trainer.wall_start = time.perf_counter()  # type: ignore[attr-defined]
-    return trainer
+    return MetaTrainer(problem, config, logdir=logdir, resume=args.resume, verbose=args.verbose, dist=dist)
 
 
 def _finish(args: argparse.Namespace, trainer: MetaTrainer) -> dict[str, Any]:
@@ -108,7 +106,7 @@ def _finish(args: argparse.Namespace, trainer: MetaTrainer) -> dict[str, Any]:
         "accuracy": res["acc"]["mean"][steps], "accuracy_ci95": res["acc"]["ci95"][steps],
         "accuracy_per_step": res["acc"]["mean"], "test_inner_steps": steps, "eval_tasks": c.final_eval_tasks,
         "filters": c.filters, "pool": c.pool, "config": args.config,
-        "wall_seconds_this_process": round(time.perf_counter() - trainer.wall_start, 2),  # type: ignore[attr-defined]
+        "wall_seconds_this_process": round(time.perf_counter() - args.wall_start, 2),
     }, "episode.png")
 
 

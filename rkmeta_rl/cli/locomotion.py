@@ -176,7 +176,8 @@ class VideoCallback(BaseCallback):
         params = {k: v.detach() for k, v in model.policy.params().items()}
         state = model.rng_state()
         try:
-            eps = model._sample(self.tasks, params, torch.Generator(device=model.device).manual_seed(30_000 + it))
+            gen = torch.Generator(device=model.device).manual_seed(30_000 + it)
+            eps = model.sample_episodes(self.tasks, params, gen)
             adapted = model.meta_step.adapt(params, [eps.flat()])
         finally:
             model.set_rng_state(state)

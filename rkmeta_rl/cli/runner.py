@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -69,6 +70,7 @@ class Command:
 def run_command(cmd: Command, argv: list[str] | None = None) -> dict[str, Any]:
     """Parse, validate, train and report (under torchrun: this rank's part of a data-parallel run)."""
     args = cmd.parser.parse_args(argv)
+    args.wall_start = time.perf_counter()  # for the commands' wall-time metric
     try:
         config = cmd.config(args)
         config.validate()

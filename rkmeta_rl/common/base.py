@@ -13,8 +13,8 @@ the config compared, :meth:`~rkmeta_rl.common.config.BaseConfig.check_resume`), 
 * ``_state_dict()`` / ``_load_state_dict(state)``: its own state (parameters, optimiser, random streams);
 * ``_parameters()``: the live meta-parameter tensors; ``_reseed(seed)``: reseed its random streams;
 
-and optionally ``_log_extra(iteration)`` (evaluations and figures on logging iterations) and
-``_hparams_metrics()``. A new outer update (a PPO- or ProMP-style one) is one new module of this shape.
+and optionally ``_log_extra(iteration)`` (evaluations and figures on logging iterations). A new outer update
+(a PPO- or ProMP-style one) is one new module of this shape.
 
 Under torchrun (:mod:`rkmeta_rl.distributed`) the constructor, :meth:`learn`, :meth:`save` and the run-folder
 checkpoints are collective: every rank calls them in the same order; rank 0 alone logs and writes. Stop
@@ -137,10 +137,6 @@ class BaseMetaAlgorithm(ABC):
     def _log_extra(self, iteration: int) -> None:
         """Record more on a logging iteration (evaluations, figures); default: nothing."""
         return None
-
-    def _hparams_metrics(self) -> dict[str, float]:
-        """Final metrics for TensorBoard's HParams tab when :meth:`finish` gets none; default: none."""
-        return {}
 
     # ---- logger ----------------------------------------------------------------------------------------------
     @property
@@ -349,7 +345,7 @@ class BaseMetaAlgorithm(ABC):
         if self.is_main:
             if self.logdir is not None:
                 write_json_atomic(os.path.join(self.logdir, "metrics.json"), out)
-            scalars = {f"final/{k}": float(v) for k, v in (out or self._hparams_metrics()).items()
+            scalars = {f"final/{k}": float(v) for k, v in out.items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
             hparams = {k: v for k, v in self.config.to_dict().items()
                        if isinstance(v, (int, float, str, bool)) and v is not None}

@@ -218,8 +218,16 @@ class MetaTRPO(BaseMetaAlgorithm):
             close()
 
     # ---- training -------------------------------------------------------------------------------------------
-    def _sample(self, tasks: list[Any], params: Mapping[str, torch.Tensor], generator: torch.Generator | None = None,
-                num_traj: int | None = None) -> Episodes:
+    def sample_episodes(self, tasks: list[Any], params: Mapping[str, torch.Tensor],
+                        generator: torch.Generator | None = None, num_traj: int | None = None) -> Episodes:
+        """Episodes of ``tasks`` under ``params`` (shared or per-task), with advantages computed.
+
+        Args:
+            tasks: the tasks.
+            params: policy parameters (shared layout, or per task with a leading task dimension).
+            generator: action-noise generator (default: training's stream).
+            num_traj: trajectories per task (default ``fast_batch_size``).
+        """
         c = self.config
         eps = self.sampler.sample(tasks, params, c.fast_batch_size if num_traj is None else num_traj,
                                   self.generator if generator is None else generator)
@@ -240,7 +248,7 @@ class MetaTRPO(BaseMetaAlgorithm):
         t0 = time.perf_counter()
         tasks = self.sampler.sample_tasks(self.local_batch_size, self.rng)
         params = self.policy.params()
-        d0 = self._sample(tasks, params)
+        d0 = self.sample_episodes(tasks, params)
         train = [d0.flat()]
         steps = d0.num_steps
         stats: dict[str, float] = {"rollout/pre_return": float(d0.episode_returns().mean())}
@@ -248,11 +256,11 @@ class MetaTRPO(BaseMetaAlgorithm):
         if self.meta_step.adapts:
             adapted = self.meta_step.adapt(params, train)
             for _ in range(self.config.inner_steps - 1):
-                dk = self._sample(tasks, adapted)
+                dk = self.sample_episodes(tasks, adapted)
                 steps += dk.num_steps
                 train.append(dk.flat())
                 adapted = self.meta_step.adapt(adapted, train[-1:])
-            d1 = self._sample(tasks, adapted)
+            d1 = self.sample_episodes(tasks, adapted)
             steps += d1.num_steps
             valid = d1.flat()
             stats["rollout/post_return"] = float(d1.episode_returns().mean())
@@ -310,10 +318,6 @@ class MetaTRPO(BaseMetaAlgorithm):
                         "post_return": [h["post_return"] for h in self.history]},
         }
 
-    def _hparams_metrics(self) -> dict[str, float]:
-        s = self.summary()
-        return {"pre_return": s["pre_return"], "post_return": s["post_return"]}
-
     # ---- adaptation and acting ------------------------------------------------------------------------------
     def adapt(self, task: Any, num_steps: int = 1, num_traj: int | None = None,
               generator: torch.Generator | None = None) -> AdaptedPolicy:
@@ -330,7 +334,7 @@ class MetaTRPO(BaseMetaAlgorithm):
         """
         params: Params = {k: v.detach().clone() for k, v in self.policy.params().items()}
         for _ in range(int(num_steps)):
-            eps = self._sample([task], params, generator, num_traj)
+            eps = self.sample_episodes([task], params, generator, num_traj)
             adapted = self.meta_step.adapt(params, [eps.flat()])
             params = {k: v[0] for k, v in adapted.items()}
         return AdaptedPolicy(params, self)
