@@ -139,7 +139,7 @@ def _final_params(logdir) -> dict[str, torch.Tensor]:
 def test_sigterm_checkpoints_exits_143_and_resume_is_exact(tmp_path) -> None:
     """A real SIGTERM to a real training process: it finishes the iteration, checkpoints, says so and exits 143;
     ``--resume`` then ends bit for bit where an uninterrupted run ends."""
-    n = "400"
+    n = "120"
     argv = [*SIN_TINY, "--method", "heun", "--checkpoint-interval", "10"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     run = tmp_path / "run"
@@ -149,7 +149,7 @@ def test_sigterm_checkpoints_exits_143_and_resume_is_exact(tmp_path) -> None:
     deadline = time.monotonic() + 120
     while not (run / "checkpoint_latest.pt").exists():  # training is under way
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-2000:]

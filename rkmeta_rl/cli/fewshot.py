@@ -39,7 +39,8 @@ DEFAULT_OMNIGLOT = os.environ.get("RKMETA_OMNIGLOT", os.path.join(_REPO, "..", "
 
 def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
     p, fields = make_supervised_parser(__doc__, FewShotConfig, FEWSHOT_PROTOCOLS, "maml",
-                                       fewshot_preset("maml", "omniglot", 5, 1))
+                                       fewshot_preset("maml", "omniglot", 5, 1), "maml --dataset omniglot --ways 5 "
+                                       "--shots 1; other settings: rkmeta_rl.presets")
     g = p.add_argument_group("data")
     g.add_argument("--data-root", default=None, help="dataset folder (Omniglot default: $RKMETA_OMNIGLOT or "
                    "../shared/data/omniglot beside the repository)")

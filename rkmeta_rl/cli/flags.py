@@ -82,6 +82,13 @@ def flag_name(field: str) -> str:
     return RENAMED.get(field, "--" + field.replace("_", "-"))
 
 
+def _metavar(field: str) -> str | None:
+    """The placeholder shown in ``--help`` (from the flag's name, so renamed flags read right)."""
+    if field in CHOICES:
+        return None
+    return "MINUTES" if field == "time_budget_min" else flag_name(field)[2:].upper().replace("-", "_")
+
+
 def _scalar_type(hint: Any) -> type:
     """``int`` / ``float`` / ``str`` / ``bool`` of a field's type hint (``Optional[X]`` -> ``X``)."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
@@ -108,8 +115,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type[BaseConfi
                                help=text)
         else:
             group.add_argument(flag_name(f.name), dest=f.name, type=kind, default=None,
-                               choices=CHOICES.get(f.name), metavar="MINUTES" if f.name == "time_budget_min" else None,
-                               help=text)
+                               choices=CHOICES.get(f.name), metavar=_metavar(f.name), help=text)
         fields.append(f.name)
     return fields
 

@@ -15,13 +15,14 @@ __all__ = ["make_supervised_parser", "finish_supervised"]
 
 
 def make_supervised_parser(doc: str | None, config_cls: type[BaseConfig], presets: Mapping[str, BaseConfig] |
-                           Iterable[str], default: str, default_config: BaseConfig
+                           Iterable[str], default: str, default_config: BaseConfig, label: str | None = None
                            ) -> tuple[argparse.ArgumentParser, list[str]]:
-    """``--config`` (a preset name), one flag per field of ``config_cls``, the run flags."""
+    """``--config`` (a preset name), one flag per field of ``config_cls`` (help: ``default_config``'s values,
+    called ``label``, default ``default``), the run flags."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", choices=tuple(presets), default=default,
                    help="preset (rkmeta_rl.presets); flags given explicitly override it (default: %(default)s)")
-    fields = add_config_flags(p, config_cls, default_config, default)
+    fields = add_config_flags(p, config_cls, default_config, label or default)
     add_run_flags(p)
     return p, fields
 
