@@ -17,7 +17,7 @@ import torch
 
 from rkmeta_rl.cli import fewshot, locomotion, nav, sinusoid
 from rkmeta_rl.cli.flags import FIELD_HELP, flag_name
-from rkmeta_rl.presets import FEWSHOT, NAV, SINUSOID, fewshot_preset
+from rkmeta_rl.presets import FEWSHOT, LOCOMOTION, NAV, SINUSOID, fewshot_preset
 from rkmeta_rl.rl.config import MetaTRPOConfig
 from rkmeta_rl.supervised.config import FewShotConfig, MetaTrainConfig
 
@@ -60,7 +60,7 @@ def test_presets() -> None:
     assert (m.filters, m.pool, m.meta_batch_size, m.inner_steps, m.inner_lr, m.queries, m.test_inner_steps,
             m.iterations) == (32, "max", 2, 5, 0.01, 15, 10, 90_000)
     assert fewshot_preset("maml", "omniglot", 5, 1).queries == 15  # today's default stays available
-    for preset in [*NAV.values(), *SINUSOID.values(), *FEWSHOT.values()]:
+    for preset in [*NAV.values(), *LOCOMOTION.values(), *SINUSOID.values(), *FEWSHOT.values()]:
         preset.validate()
 
 
