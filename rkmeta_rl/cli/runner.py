@@ -74,7 +74,7 @@ def run_command(cmd: Command, argv: list[str] | None = None) -> dict[str, Any]:
     try:
         config = cmd.config(args)
         config.validate()
-        set_threads(config.threads)
+        set_threads(1 if config.threads is None else config.threads)
         dist = init_distributed(config.device, timeout_s=args.dist_timeout)
     except USER_ERRORS as err:
         destroy()

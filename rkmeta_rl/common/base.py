@@ -82,7 +82,8 @@ class BaseMetaAlgorithm(ABC):
         if logdir is not None:
             check_run_dir(logdir, resume)
         self.config = config
-        set_threads(config.threads)
+        if config.threads is not None:
+            set_threads(config.threads)
         self.device = resolve_device(config.device)
         self.logdir = logdir
         self.verbose = int(verbose)

@@ -86,7 +86,7 @@ class BaseConfig:
         log_interval: iterations between logger dumps.
         checkpoint_interval: iterations between checkpoints.
         time_budget_min: stop training cleanly after this many minutes (None: no budget).
-        threads: torch intra-op threads.
+        threads: torch intra-op threads (None: leave torch's setting).
     """
 
     #: fields a resumed run may change; every other difference is refused
@@ -106,7 +106,7 @@ class BaseConfig:
     log_interval: int = 1
     checkpoint_interval: int = 10
     time_budget_min: Optional[float] = None
-    threads: int = 1
+    threads: Optional[int] = None
 
     # ---- validation --------------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -117,7 +117,8 @@ class BaseConfig:
         check_positive("inner_steps", self.inner_steps, integer=True)
         check_positive("log_interval", self.log_interval, integer=True)
         check_positive("checkpoint_interval", self.checkpoint_interval, integer=True)
-        check_positive("threads", self.threads, integer=True)
+        if self.threads is not None:
+            check_positive("threads", self.threads, integer=True)
         if self.time_budget_min is not None:
             check_positive("time_budget_min", self.time_budget_min)
         if self.step_rule not in STEP_RULES:
