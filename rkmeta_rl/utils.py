@@ -1,4 +1,4 @@
-"""Small shared utilities: devices, threads, seeding, confidence intervals, run metadata."""
+"""Small shared utilities: the device resolver, threads, confidence intervals, the atomic write, checks."""
 
 from __future__ import annotations
 
@@ -6,24 +6,42 @@ import json
 import math
 import os
 import tempfile
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["get_device", "set_threads", "mean_ci95", "write_json_atomic", "check_positive"]
+__all__ = ["resolve_device", "get_device", "set_threads", "mean_ci95", "atomic_write", "write_json_atomic",
+           "check_positive", "check_unit_interval"]
 
 
-def get_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(device)`` (validated)."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The one device resolver: ``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` -> the current CUDA
+    device (under torchrun the one :func:`~rkmeta_rl.distributed.init_distributed` pinned); anything else is
+    parsed by ``torch.device``. Never falls back silently.
+
+    Raises:
+        ValueError: one line naming the bad value (an unknown device string, or CUDA asked for without CUDA).
+    """
+    if isinstance(device, str) and device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {str(device)!r}") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available (use --device cpu or "
+                             "auto)")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    elif dev.type not in ("cpu", "meta"):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {str(device)!r}")
     return dev
+
+
+#: The former name of :func:`resolve_device` (kept for callers outside the package).
+get_device = resolve_device
 
 
 def set_threads(n: int = 1) -> None:
@@ -42,15 +60,38 @@ def mean_ci95(values: Sequence[float] | np.ndarray | torch.Tensor) -> tuple[floa
     return float(arr.mean()), float(1.96 * arr.std(ddof=1) / math.sqrt(arr.size))
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically (temporary file, then rename)."""
+def atomic_write(path: str, write: Callable[[Any], None], binary: bool = True) -> str:
+    """The one atomic write: ``write(fh)`` fills a temporary file in ``path``'s folder, which is flushed,
+    fsync-ed and renamed onto ``path`` (``os.replace`` is atomic on POSIX and Windows), so ``path`` always holds
+    either its previous complete content or the new complete one. On any error the temporary file is removed.
+
+    Returns:
+        ``path``.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` with :func:`atomic_write`."""
+
+    def write(fh: Any) -> None:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
         fh.write("\n")
-    os.replace(tmp, path)
+
+    atomic_write(path, write, binary=False)
 
 
 def check_positive(name: str, value: float, *, integer: bool = False, allow_zero: bool = False) -> None:
@@ -64,3 +105,10 @@ def check_positive(name: str, value: float, *, integer: bool = False, allow_zero
         kind = "integer" if integer else "number"
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite {kind} {bound}, got {value!r}")
+
+
+def check_unit_interval(name: str, value: float) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``0 < value <= 1`` (a discount, GAE's lambda, a fraction)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not (ok and 0 < value <= 1):
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("|---" * (len(steps) + 1) + "|")
     for label, c in curves.items():
         print(f"| {label} | " + " | ".join(f"{v:.1f}" for v in c) + " |")
-    print(f"| oracle | " + " | ".join(f"{oracle:.1f}" for _ in steps) + " |")
+    print("| oracle | " + " | ".join(f"{oracle:.1f}" for _ in steps) + " |")
     result = {"tasks": args.tasks, "steps": args.steps, "oracle": oracle,
               "curves": {k: [round(float(v), 3) for v in c] for k, c in curves.items()},
               "csv": os.path.join(out_dir, "eval_nav.csv"), "png": os.path.join(out_dir, "eval_nav.png")}

@@ -40,11 +40,12 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> dict:
            str(args.eval_interval)]
     if os.path.isfile(os.path.join(logdir, "checkpoint_latest.pt")):
         cmd.append("--resume")
-    os.makedirs(logdir, exist_ok=True)
-    with open(os.path.join(logdir, "stdout.log"), "a") as log:
+    os.makedirs(os.path.dirname(logdir) or ".", exist_ok=True)
+    # the log sits beside the run folder: a fresh run refuses a folder that already holds files
+    with open(f"{logdir}.stdout.log", "a") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
-        raise RuntimeError(f"run {method} seed {seed} failed (exit {proc.returncode}); see {logdir}/stdout.log")
+        raise RuntimeError(f"run {method} seed {seed} failed (exit {proc.returncode}); see {logdir}.stdout.log")
     with open(metrics_path) as fh:
         return json.load(fh)
 
@@ -75,7 +76,7 @@ def markdown(summary: dict[str, dict[str, float]], iterations: int) -> str:
         txt = f"{r[key]:.3f} ± {r[key + '_ci95_seeds']:.3f}"
         return txt + (f" ({n_div}/{n} seeds diverge)" if n_div else "")
 
-    lines = [f"| method | paper (Table 2) | ours, 1 step | ours, 10 steps | 10 steps, median task | seeds | s/run |",
+    lines = ["| method | paper (Table 2) | ours, 1 step | ours, 10 steps | 10 steps, median task | seeds | s/run |",
              "|---|---|---|---|---|---|---|"]
     for method, r in summary.items():
         lines.append(f"| {method} | {r['paper']:.2f} | {cell(r, 'mse_1_step')} | {cell(r, 'mse_10_steps')} | "

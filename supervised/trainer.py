@@ -1,124 +1,46 @@
-"""Meta-training loop shared by the supervised benchmarks (sinusoid, Omniglot, MiniImagenet).
+"""``MetaTrainer``: supervised meta-training (sinusoid, Omniglot, MiniImagenet) with the RK meta-gradient.
 
-Data flows one way (DESIGN.md section 5): the config becomes a trainer; the trainer asks the problem for a
-task batch, hands the losses to the RK engine (:func:`rkmeta_rl.rk.meta_gradient`), gets one meta-gradient
-and gives it to Adam; the logger (SB3's) and the atomic checkpointer watch from the side.
+Data flows one way: the config becomes a trainer; each iteration the trainer asks the problem for a task batch,
+hands the losses to the RK engine (:func:`rkmeta_rl.rk.meta_gradient`), gets one meta-gradient and gives it to
+Adam. Everything around the iteration (``learn``, callbacks, logging, checkpoints and exact resume, the time
+budget, the non-finite stop, signals, run folders) is :class:`~rkmeta_rl.common.base.BaseMetaAlgorithm`'s.
 
-Data parallel (issue 6): launched with ``torchrun`` (see :mod:`rkmeta_rl.distributed`), each of the
-``world_size`` ranks samples its share of the meta-batch (:func:`~rkmeta_rl.distributed.split_batch`) from its
-own task stream (seeded with :func:`~rkmeta_rl.distributed.rank_seed`), computes the meta-gradient of those
-tasks, and one ``all_reduce`` averages the gradients (and the logged statistics) weighted by the ranks' task
-counts, so the average is the mean over the whole meta-batch; every rank then takes the same Adam step.
-Evaluation is split across ranks (each adapts its slice of the same tasks; results equal a one-process run).
-Rank 0 alone logs and writes checkpoints and ``metrics.json``; the checkpoint holds every rank's task-stream
-state, so ``--resume`` with the same number of processes is exact.
+Data parallel: launched with ``torchrun`` (see :mod:`rkmeta_rl.distributed`), each of the ``world_size`` ranks
+samples its share of the meta-batch (:func:`~rkmeta_rl.distributed.split_batch`) from its own task stream
+(seeded with :func:`~rkmeta_rl.distributed.rank_seed`), computes the meta-gradient of those tasks, and one
+``all_reduce`` averages the gradients (and the logged statistics) weighted by the ranks' task counts, so the
+average is the mean over the whole meta-batch; every rank then takes the same Adam step. Evaluation is split
+across ranks (each adapts its slice of the same tasks; results equal a one-process run). The checkpoint holds
+every rank's task-stream state, so ``--resume`` with the same number of processes is exact.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import time
+import inspect
 import warnings
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping, Optional, Protocol
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 import torch
-from stable_baselines3.common.logger import Figure, Logger
-from tqdm.auto import tqdm
+from stable_baselines3.common.logger import Figure
 
-from rkmeta_rl.checkpoint import FINAL, LATEST, latest_checkpoint, load_checkpoint, save_checkpoint
-from rkmeta_rl.distributed import (DistInfo, all_gather_objects, all_reduce_max, all_reduce_mean, batch_slice,
-                                   broadcast_params, current_dist, rank_seed, split_batch)
-from rkmeta_rl.logger import make_logger
+from rkmeta_rl.common.base import BaseMetaAlgorithm
+from rkmeta_rl.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_mean,
+    batch_slice,
+    broadcast_params,
+    rank_seed,
+    split_batch,
+)
+from rkmeta_rl.errors import ConfigMismatchError, NonFiniteError
 from rkmeta_rl.rk import LossFn, Params, PerStage, adapt_and_score, get_tableau, meta_gradient
-from rkmeta_rl.utils import check_positive, get_device, mean_ci95, set_threads, write_json_atomic
+from rkmeta_rl.utils import mean_ci95
 
-__all__ = ["MetaTrainConfig", "MetaProblem", "MetaTrainer", "NonFiniteError"]
+from .config import FewShotConfig, MetaTrainConfig
 
-
-class NonFiniteError(RuntimeError):
-    """A loss or meta-gradient became NaN or infinite; the last good checkpoint is left untouched."""
-
-
-@dataclass
-class MetaTrainConfig:
-    """Settings of a supervised meta-training run (defaults: the sinusoid benchmark, DESIGN.md section 4).
-
-    Attributes:
-        method: RK method (tableau name or generic x > 0).
-        iterations: meta-iterations (outer Adam steps).
-        meta_batch_size: tasks per meta-iteration.
-        inner_lr: MAML's inner rate alpha_MAML (see ``step_rule``).
-        inner_steps: inner gradient steps during meta-training.
-        test_inner_steps: inner steps scored at evaluation (metrics after 1..this many steps are kept).
-        step_rule: ``"tableau"`` (alpha = 2 q21 inner_lr) or ``"fixed"`` (alpha = inner_lr for all methods).
-        first_order: drop second-order terms.
-        meta_lr: Adam learning rate.
-        seed: seeds initialisation, the task stream and evaluation tasks.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        path: engine execution path: ``"auto"``, ``"vmap"`` or ``"loop"``.
-        compile: ``torch.compile`` the vectorised meta-gradient (falls back to eager with a warning).
-        log_interval: iterations between logger dumps.
-        eval_interval: iterations between evaluations during training (0: never).
-        eval_tasks: tasks per evaluation during training.
-        final_eval_tasks: tasks of the final evaluation.
-        checkpoint_interval: iterations between checkpoints.
-        time_budget_min: stop training cleanly after this many minutes, then evaluate (None: no budget).
-        threads: torch intra-op threads (1 recommended).
-        eval_chunk: tasks adapted at once at evaluation (memory bound).
-    """
-
-    method: str = "midpoint"
-    iterations: int = 70_000
-    meta_batch_size: int = 25
-    inner_lr: float = 0.01
-    inner_steps: int = 1
-    test_inner_steps: int = 10
-    step_rule: str = "tableau"
-    first_order: bool = False
-    meta_lr: float = 1e-3
-    seed: int = 0
-    device: str = "auto"
-    path: str = "auto"
-    compile: bool = False
-    log_interval: int = 100
-    eval_interval: int = 5000
-    eval_tasks: int = 100
-    final_eval_tasks: int = 600
-    checkpoint_interval: int = 2000
-    time_budget_min: Optional[float] = None
-    threads: int = 1
-    eval_chunk: Optional[int] = None
-
-    def validate(self) -> None:
-        """Fail before any work with a message naming the bad setting."""
-        get_tableau(self.method)
-        check_positive("iterations", self.iterations, integer=True)
-        check_positive("meta_batch_size", self.meta_batch_size, integer=True)
-        check_positive("inner_lr", self.inner_lr)
-        check_positive("inner_steps", self.inner_steps, integer=True)
-        check_positive("test_inner_steps", self.test_inner_steps, integer=True)
-        check_positive("meta_lr", self.meta_lr)
-        check_positive("log_interval", self.log_interval, integer=True)
-        check_positive("eval_interval", self.eval_interval, integer=True, allow_zero=True)
-        check_positive("eval_tasks", self.eval_tasks, integer=True)
-        check_positive("final_eval_tasks", self.final_eval_tasks, integer=True, allow_zero=True)
-        check_positive("checkpoint_interval", self.checkpoint_interval, integer=True)
-        check_positive("threads", self.threads, integer=True)
-        if self.time_budget_min is not None:
-            check_positive("time_budget_min", self.time_budget_min)
-        if self.step_rule not in ("tableau", "fixed"):
-            raise ValueError(f"step_rule must be 'tableau' or 'fixed', got {self.step_rule!r}")
-        if self.path not in ("auto", "vmap", "loop"):
-            raise ValueError(f"path must be 'auto', 'vmap' or 'loop', got {self.path!r}")
-        get_device(self.device)
-
-    @property
-    def adapt_lr(self) -> float:
-        """The method's own inner learning rate (used in training and at test time)."""
-        return get_tableau(self.method).inner_lr(self.inner_lr, self.step_rule)
+__all__ = ["MetaTrainConfig", "FewShotConfig", "MetaProblem", "MetaTrainer", "NonFiniteError"]
 
 
 class MetaProblem(Protocol):
@@ -145,90 +67,83 @@ class MetaProblem(Protocol):
         """A matplotlib figure for TensorBoard, or None."""
 
 
-Callback = Callable[["MetaTrainer", int, Mapping[str, float]], Optional[bool]]
+def _engine_kwargs(fn: Any, adapt: str | None) -> dict[str, Any]:
+    """``{"adapt": adapt}`` when set and the engine function accepts it (parameter selection), else ``{}``."""
+    if adapt is None:
+        return {}
+    if "adapt" not in inspect.signature(fn).parameters:
+        raise ValueError(f"adapt={adapt!r}: this engine version cannot restrict the inner loop to some parameters")
+    return {"adapt": adapt}
 
 
-class MetaTrainer:
-    """Meta-trains ``problem`` with the RK meta-gradient and Adam, with logging, checkpoints and resume.
+class MetaTrainer(BaseMetaAlgorithm):
+    """Meta-trains ``problem`` with the RK meta-gradient and Adam.
 
     Args:
         problem: the benchmark.
-        config: run settings (validated here).
-        logdir: run directory (checkpoints, ``progress.csv``, TensorBoard events, ``metrics.json``);
-            ``None`` keeps nothing on disk.
-        resume: continue from ``logdir``'s latest checkpoint (error if there is none). Under torchrun every
-            rank loads it (``logdir`` must be visible to all ranks).
-        verbose: print the logger's table to stdout.
-        dist: this process's place in the data-parallel group (default: the initialised process group, if
-            any, see :func:`rkmeta_rl.distributed.init_distributed`; else one process). With
-            ``world_size > 1`` the constructor, :meth:`step`, :meth:`save`, :meth:`evaluate`, :meth:`learn`
-            and :meth:`final_evaluation` are collective: every rank must call them in the same order.
+        config: run settings (validated before any work).
+        logdir, resume, verbose, dist: see :class:`~rkmeta_rl.common.base.BaseMetaAlgorithm` (``resume``: every
+            setting outside ``config.MAY_CHANGE`` must equal the checkpoint's, and so must the problem).
     """
 
+    config_class = MetaTrainConfig
+    config: MetaTrainConfig
+
     def __init__(self, problem: MetaProblem, config: MetaTrainConfig, logdir: str | None = None,
-                 resume: bool = False, verbose: bool = False, dist: DistInfo | None = None) -> None:
-        config.validate()
-        self.dist: DistInfo = dist if dist is not None else current_dist()
-        #: tasks this rank draws per meta-iteration (the whole meta-batch without data parallelism)
-        self.local_batch_size = split_batch(config.meta_batch_size, self.dist.rank, self.dist.world_size)
-        set_threads(config.threads)
+                 resume: bool = False, verbose: bool | int = False, dist: DistInfo | None = None) -> None:
         self.problem = problem
-        self.config = config
-        self.logdir = logdir
-        self.device = get_device(config.device)
-        self.tableau = get_tableau(config.method)
-        self.iteration = 0
-        self.elapsed = 0.0
-        self._compile = config.compile
-        init_gen = torch.Generator().manual_seed(config.seed)
-        self.params: Params = {k: v.to(self.device) for k, v in problem.init_params(init_gen, self.device).items()}
+        super().__init__(config, logdir=logdir, resume=resume, verbose=int(verbose), dist=dist)
+
+    def _setup_model(self) -> None:
+        c = self.config
+        #: tasks this rank draws per meta-iteration (the whole meta-batch without data parallelism)
+        self.local_batch_size = split_batch(c.meta_batch_size, self.dist.rank, self.dist.world_size)
+        self.tableau = get_tableau(c.method)
+        self._compile = c.compile
+        for fn in (meta_gradient, adapt_and_score):  # the engine must support parameter selection, before work
+            _engine_kwargs(fn, c.adapt)
+        init_gen = torch.Generator().manual_seed(c.seed)
+        self.params: Params = {k: v.to(self.device)
+                               for k, v in self.problem.init_params(init_gen, self.device).items()}
         # every rank initialises from the same seed; the broadcast guards against any divergence
         broadcast_params(self.params, src=0)
         self._leaves = [p.requires_grad_(True) for p in self.params.values()]
-        self.optimizer = torch.optim.Adam(self._leaves, lr=config.meta_lr)
+        self.optimizer = torch.optim.Adam(self._leaves, lr=c.meta_lr)
         # the task stream has its own generator so evaluation never perturbs training (exact resume); each
         # rank has its own stream (rank 0's is the one-process stream)
-        self.task_gen = torch.Generator().manual_seed(rank_seed(config.seed + 1, self.dist.rank))
-        if resume:
-            if logdir is None:
-                raise ValueError("resume needs a logdir")
-            ckpt = latest_checkpoint(logdir)
-            if ckpt is None:
-                raise FileNotFoundError(f"--resume: no checkpoint in {logdir}")
-            self._restore(load_checkpoint(ckpt, map_location=self.device))
-        # only rank 0 logs; the other ranks get a logger that writes nowhere
-        self.logger: Logger = make_logger(logdir if self.dist.is_main else None, resume=resume, verbose=verbose)
+        self.task_gen = torch.Generator().manual_seed(rank_seed(c.seed + 1, self.dist.rank))
+        self.last_eval: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def load(cls, path: str, problem: MetaProblem, dist: DistInfo | None = None, **overrides: Any) -> "MetaTrainer":
+        """Rebuild a trainer from a checkpoint (``save``, ``CheckpointCallback`` or a run folder's) on
+        ``problem``; ``overrides`` may change only the fields of ``config.MAY_CHANGE``."""
+        return cls._load_with(path, overrides, lambda config: cls(problem, config, dist=dist))
 
     @property
-    def is_main(self) -> bool:
-        """True on the process that logs and writes files (rank 0; always true without data parallelism)."""
-        return self.dist.is_main
+    def iteration(self) -> int:
+        """Meta-iterations done (``num_iterations``)."""
+        return self.num_iterations
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: parameters, Adam, task-stream RNGs, counters, config.
+    def _parameters(self) -> dict[str, torch.Tensor]:
+        return self.params
 
-        Collective under data parallelism: the ranks' task-stream states are gathered (``task_gens``, in rank
-        order; ``task_gen`` is rank 0's, as in one-process checkpoints)."""
+    def _reseed(self, seed: int) -> None:
+        self.task_gen.manual_seed(rank_seed(seed + 1, self.dist.rank))
+
+    def _state_dict(self) -> dict[str, Any]:
+        """Parameters, Adam, every rank's task-stream state (``task_gens`` in rank order; ``task_gen`` is rank 0's)
+        and the problem's name. Collective under data parallelism."""
         gens = all_gather_objects(self.task_gen.get_state())
-        return {
-            "params": {k: v.detach().cpu() for k, v in self.params.items()},
-            "optimizer": self.optimizer.state_dict(),
-            "task_gen": gens[0],
-            "task_gens": gens,
-            "world_size": self.dist.world_size,
-            "iteration": self.iteration,
-            "elapsed": self.elapsed,
-            "config": asdict(self.config),
-            "problem": self.problem.name,
-        }
+        return {"params": {k: v.detach().cpu() for k, v in self.params.items()},
+                "optimizer": self.optimizer.state_dict(), "task_gen": gens[0], "task_gens": gens,
+                "problem": self.problem.name}
 
-    def _restore(self, state: Mapping[str, Any]) -> None:
-        saved = state.get("config", {})
-        for key in ("method", "meta_batch_size", "inner_lr", "inner_steps", "step_rule", "first_order", "seed"):
-            if key in saved and saved[key] != getattr(self.config, key):
-                raise ValueError(f"--resume: the checkpoint was trained with {key}={saved[key]!r}, "
-                                 f"but this run asks for {getattr(self.config, key)!r}")
+    def _load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("problem", self.problem.name) != self.problem.name:
+            raise ConfigMismatchError(f"--resume: the checkpoint was trained on problem {state['problem']!r}, this "
+                                      f"run asks for {self.problem.name!r}")
         with torch.no_grad():
             for k, v in state["params"].items():
                 self.params[k].copy_(v.to(self.device))
@@ -243,25 +158,13 @@ class MetaTrainer:
         if self.dist.rank < len(gens):
             self.task_gen.set_state(gens[self.dist.rank])
         else:  # deterministic from (seed, rank, iteration)
-            self.task_gen.manual_seed(rank_seed(self.config.seed + 1 + int(state["iteration"]), self.dist.rank))
-        self.iteration = int(state["iteration"])
-        self.elapsed = float(state.get("elapsed", 0.0))
-
-    def save(self, name: str = LATEST) -> str | None:
-        """Atomically write the checkpoint ``name`` into the run directory (rank 0 writes; collective under
-        data parallelism). Returns the path on rank 0, else ``None``."""
-        if self.logdir is None:
-            return None
-        state = self.state_dict()
-        if not self.is_main:
-            return None
-        return save_checkpoint(os.path.join(self.logdir, name), state)
+            self.task_gen.manual_seed(rank_seed(self.config.seed + 1 + int(state["num_iterations"]), self.dist.rank))
 
     # ------------------------------------------------------------------ one step
     def _meta_gradient(self, data: Any) -> tuple[Params, dict[str, float]]:
         c = self.config
         kwargs = dict(method=self.tableau, inner_lr=c.inner_lr, inner_steps=c.inner_steps, step_rule=c.step_rule,
-                      first_order=c.first_order, path=c.path)
+                      first_order=c.first_order, path=c.path, **_engine_kwargs(meta_gradient, c.adapt))
         if self._compile:
             try:
                 return meta_gradient(self.params, self.problem.support_loss, self.problem.query_loss, data,
@@ -272,12 +175,14 @@ class MetaTrainer:
                 self._compile = False
         return meta_gradient(self.params, self.problem.support_loss, self.problem.query_loss, data, **kwargs)
 
-    def step(self) -> dict[str, float]:
-        """One meta-iteration: sample tasks, RK meta-gradient, Adam step. Raises :class:`NonFiniteError`.
+    def train_iteration(self) -> dict[str, float]:
+        """One meta-iteration: sample tasks, RK meta-gradient, Adam step. Returns ``train/*`` statistics.
 
-        Under data parallelism this rank samples ``local_batch_size`` tasks, and the meta-gradients and
-        statistics are averaged over the ranks weighted by their task counts (one ``all_reduce``): the result
-        is the mean over the whole meta-batch, and every rank takes the same Adam step."""
+        Raises :class:`NonFiniteError` before the Adam step when a loss or the gradient is not finite (the
+        parameters stay the last good ones). Under data parallelism this rank samples ``local_batch_size``
+        tasks, and the meta-gradients and statistics are averaged over the ranks weighted by their task counts
+        (one ``all_reduce``): the result is the mean over the whole meta-batch, and every rank takes the same
+        Adam step."""
         c = self.config
         data = self.problem.sample_tasks(self.local_batch_size, self.task_gen, self.tableau.stages, self.device)
         grads, stats = self._meta_gradient(data)
@@ -288,18 +193,19 @@ class MetaTrainer:
             grads = dict(zip(grads.keys(), reduced[:-1]))
             stats = {k: float(v) for k, v in zip(keys, reduced[-1])}
             stats["num_tasks"] = float(c.meta_batch_size)
-        gnorm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()])))
-        stats["grad_norm"] = gnorm
-        bad = [k for k, v in stats.items() if not math.isfinite(v)]
-        if bad:
-            last = latest_checkpoint(self.logdir) if self.logdir else None
-            raise NonFiniteError(f"non-finite {', '.join(bad)} at iteration {self.iteration + 1}; "
-                                 f"last good checkpoint: {last or 'none written'}")
+        stats["grad_norm"] = float(torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(g) for g in grads.values()])))
+        out = {f"train/{k}": float(v) for k, v in stats.items()}
+        self._check_finite(out, self.num_iterations + 1)
         for p, g in zip(self._leaves, grads.values()):
             p.grad = g
         self.optimizer.step()
-        self.iteration += 1
-        return stats
+        self.num_iterations += 1
+        self.num_timesteps += c.meta_batch_size  # SB3's counter; here: tasks trained on
+        return out
+
+    #: the name benchmarks and older callers use
+    step = train_iteration
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, num_tasks: int, seed: int, split: str = "test", steps: int | None = None
@@ -325,7 +231,8 @@ class MetaTrainer:
             if sl.stop > sl.start:
                 mine = data if world == 1 else _slice_tasks(data, sl)
                 res = adapt_and_score(self.params, self.problem.support_loss, self.problem.metric_fn, mine,
-                                      self.config.adapt_lr, steps, path=self.config.path)
+                                      self.config.adapt_lr, steps, path=self.config.path,
+                                      **_engine_kwargs(adapt_and_score, self.config.adapt))
                 parts.append({k: v.detach().cpu().numpy() for k, v in res.items()})
             else:
                 parts.append(None)
@@ -342,63 +249,21 @@ class MetaTrainer:
                 self.logger.record(f"{split}/{key}_{s}_step{'s' if s > 1 else ''}", float(arr[:, s].mean()))
             self.logger.record(f"{split}/{key}_0_steps", float(arr[:, 0].mean()))
 
-    # ------------------------------------------------------------------ training
-    def learn(self, callback: Callback | None = None, progress_bar: bool = True) -> "MetaTrainer":
-        """Train until ``config.iterations`` (or the time budget), checkpointing and logging on the way."""
+    def figure(self) -> Any:
+        """The problem's figure of a few tasks before and after adaptation (a fixed task stream)."""
         c = self.config
-        start_wall = time.perf_counter() - self.elapsed
-        budget = None if c.time_budget_min is None else c.time_budget_min * 60.0
-        acc: dict[str, float] = {}
-        n_acc = 0
-        t_log = time.perf_counter()
-        it_log = self.iteration
-        bar = tqdm(total=c.iterations, initial=self.iteration, disable=not (progress_bar and self.is_main),
-                   desc=c.method, unit="it", mininterval=1.0, dynamic_ncols=True)
-        self.stopped_by_budget = False
-        try:
-            while self.iteration < c.iterations:
-                stats = self.step()
-                bar.update(1)
-                for k, v in stats.items():
-                    acc[k] = acc.get(k, 0.0) + v
-                n_acc += 1
-                it = self.iteration
-                self.elapsed = time.perf_counter() - start_wall
-                if it % c.log_interval == 0 or it == c.iterations:
-                    now = time.perf_counter()
-                    for k, v in acc.items():
-                        if k != "num_tasks":
-                            self.logger.record(f"train/{k}", v / n_acc)
-                    self.logger.record("time/iterations", it)
-                    self.logger.record("time/elapsed_s", self.elapsed)
-                    self.logger.record("time/it_per_s", (it - it_log) / max(now - t_log, 1e-9))
-                    bar.set_postfix(loss=f"{acc.get('query_loss_post', float('nan')) / n_acc:.4g}", refresh=False)
-                    acc, n_acc, t_log, it_log = {}, 0, now, it
-                    if c.eval_interval and it % c.eval_interval == 0:
-                        self._log_eval("eval", self.evaluate(c.eval_tasks, seed=c.seed + 10_000, split="val"))
-                        fig = None if not self.is_main else self.problem.figure(
-                            self.params, c.adapt_lr, c.test_inner_steps,
-                            torch.Generator().manual_seed(c.seed + 20_000), self.device)
-                        if fig is not None:
-                            self.logger.record("eval/figure", Figure(fig, close=True), exclude=("stdout", "csv"))
-                    self.logger.dump(it)
-                if it % c.checkpoint_interval == 0:
-                    self.save(LATEST)
-                stop_cb = callback is not None and callback(self, it, stats) is False
-                over = budget is not None and self.elapsed >= budget
-                if self.dist.distributed and (callback is not None or budget is not None):
-                    # the ranks must stop together: any rank's stop request stops all
-                    stop_cb, over = (v > 0 for v in all_reduce_max([float(stop_cb), float(over)]))
-                if stop_cb:
-                    break
-                if over:
-                    self.stopped_by_budget = True
-                    break
-        finally:
-            bar.close()
-        self.save(LATEST)
-        self.save(FINAL)
-        return self
+        return self.problem.figure(self.params, c.adapt_lr, c.test_inner_steps,
+                                   torch.Generator().manual_seed(c.seed + 20_000), self.device)
+
+    def _log_extra(self, iteration: int) -> None:
+        """Every ``eval_interval`` iterations: evaluate on the validation split, and the problem's figure."""
+        c = self.config
+        if not (c.eval_interval and iteration % c.eval_interval == 0):
+            return
+        self._log_eval("eval", self.evaluate(c.eval_tasks, seed=c.seed + 10_000, split="val"))
+        fig = self.figure() if self.is_main else None
+        if fig is not None:
+            self.logger.record("eval/figure", Figure(fig, close=True), exclude=("stdout", "csv"))
 
     def final_evaluation(self) -> dict[str, Any]:
         """Evaluate on ``final_eval_tasks`` fresh test tasks; returns per-step means and 95% CIs.
@@ -412,26 +277,20 @@ class MetaTrainer:
             means, cis = zip(*(mean_ci95(arr[:, s]) for s in range(arr.shape[1])))
             out[key] = {"mean": list(means), "ci95": list(cis)}
         self._log_eval("test", res)
-        self.logger.dump(self.iteration)
+        self.logger.dump(self.num_iterations)
         return out
 
     def write_metrics(self, extra: Mapping[str, Any]) -> dict[str, Any]:
-        """Write ``<logdir>/metrics.json`` with the run's settings, ``seconds`` and ``extra``."""
+        """End the run (:meth:`finish`): ``metrics.json`` with the run's settings, ``seconds`` and ``extra``."""
         c = self.config
-        metrics = {"method": c.method, "iterations": self.iteration, "seconds": round(self.elapsed, 2),
+        metrics = {"method": c.method, "iterations": self.num_iterations, "seconds": round(self.elapsed, 2),
                    "meta_batch_size": c.meta_batch_size, "inner_lr": c.inner_lr, "adapt_lr": c.adapt_lr,
                    "step_rule": c.step_rule, "first_order": c.first_order, "seed": c.seed,
-                   "problem": self.problem.name, "stopped_by_time_budget": getattr(self, "stopped_by_budget", False)}
+                   "problem": self.problem.name, "stopped_by_time_budget": self.stopped_by == "time_budget"}
         metrics.update(extra)
         if self.dist.distributed:
             metrics["world_size"] = self.dist.world_size
-        if self.logdir is not None and self.is_main:
-            write_json_atomic(os.path.join(self.logdir, "metrics.json"), metrics)
-        return metrics
-
-    def close(self) -> None:
-        """Close the logger's files."""
-        self.logger.close()
+        return self.finish(metrics)
 
 
 def _slice_tasks(data: Any, sl: slice) -> Any:

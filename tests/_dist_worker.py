@@ -3,6 +3,7 @@
     python tests/_dist_worker.py equiv OUTDIR        # same-tasks equivalence + exact resume; writes rank<r>.pt
     python tests/_dist_worker.py crash OUTDIR        # rank 1 raises after its first meta-iteration
     python tests/_dist_worker.py hang OUTDIR         # rank 1 stops taking part (sleeps) after its first one
+    python tests/_dist_worker.py signal OUTDIR       # rank 1 alone gets SIGTERM: both ranks stop together
 
 Without the torchrun variables ``equiv`` runs as one process (the reference).
 """
@@ -64,7 +65,7 @@ def run_equiv(outdir: str, info: DistInfo) -> dict[str, Any]:
     """Two meta-iterations on the sliced tasks, a split evaluation, and an interrupted-then-resumed run."""
     tr = MetaTrainer(SlicedProblem(META_BATCH, info), config(), logdir=os.path.join(outdir, "equiv"), dist=info)
     stats: list[dict[str, float]] = []
-    tr.learn(callback=lambda t, it, s: stats.append(dict(s)) and None, progress_bar=False)
+    tr.learn(callback=lambda t, s: stats.append(dict(s)) and None, progress_bar=False)
     out: dict[str, Any] = {"params": params_of(tr), "stats": stats,
                            "eval": tr.evaluate(7, seed=99, split="test"), "world_size": info.world_size}
     tr.close()
@@ -85,6 +86,27 @@ def run_equiv(outdir: str, info: DistInfo) -> dict[str, Any]:
     return out
 
 
+def run_signal(outdir: str, info: DistInfo) -> None:
+    """Rank 1 alone receives SIGTERM during its third meta-iteration: both ranks stop after that iteration
+    together, rank 0 writes the checkpoint, and both exit with the SIGTERM code."""
+    import signal
+
+    from rkmeta_rl.errors import TrainingInterrupted
+
+    def sigterm_rank1(tr: MetaTrainer, stats: Any) -> None:
+        if info.rank == 1 and tr.num_iterations == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    tr = MetaTrainer(SinusoidProblem(), config(iterations=50, checkpoint_interval=100, path="loop",
+                                               meta_batch_size=2, method="euler"),
+                     logdir=os.path.join(outdir, "run"), dist=info)
+    try:
+        tr.learn(callback=sigterm_rank1, progress_bar=False)
+    except TrainingInterrupted as err:
+        print(f"rank {info.rank} interrupted at {tr.num_iterations}", flush=True)
+        raise SystemExit(err.exit_code) from None
+
+
 def main() -> None:
     mode, outdir = sys.argv[1], sys.argv[2]
     info = init_distributed("cpu", timeout_s=float(os.environ.get("TEST_DIST_TIMEOUT", 60)))
@@ -93,11 +115,14 @@ def main() -> None:
             out = run_equiv(outdir, info)
             torch.save(out, os.path.join(outdir, f"rank{info.rank}.pt"))
             return
+        if mode == "signal":
+            run_signal(outdir, info)
+            return
         if mode not in ("crash", "hang"):
             raise SystemExit(f"unknown mode {mode!r}")
 
-        def misbehave(tr: MetaTrainer, it: int, stats: Any) -> None:
-            if info.rank == 1 and it == 1:
+        def misbehave(tr: MetaTrainer, stats: Any) -> None:
+            if info.rank == 1 and tr.num_iterations == 1:
                 if mode == "crash":
                     raise RuntimeError("rank 1 crashes on purpose")
                 time.sleep(600)  # alive but no longer taking part in collectives

@@ -17,8 +17,7 @@ import time
 import pytest
 import torch
 
-from rkmeta_rl.distributed import (DistInfo, all_reduce_mean, batch_slice, init_distributed, rank_seed,
-                                   split_batch)
+from rkmeta_rl.distributed import DistInfo, all_reduce_mean, batch_slice, init_distributed, rank_seed, split_batch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -89,8 +88,8 @@ def test_two_ranks_match_one_process_on_the_same_tasks(tmp_path) -> None:
             assert torch.equal(ranks[r]["resumed"][k], ranks[r]["straight"][k]), (r, k)
     # logged statistics are full-batch means too
     for s_dist, s_ref in zip(ranks[0]["stats"], ref["stats"]):
-        assert s_dist["num_tasks"] == 5.0
-        for key in ("query_loss_post", "support_loss_pre", "grad_norm"):
+        assert s_dist["train/num_tasks"] == 5.0
+        for key in ("train/query_loss_post", "train/support_loss_pre", "train/grad_norm"):
             assert s_dist[key] == pytest.approx(s_ref[key], rel=1e-5), key
     for key, arr in ref["eval"].items():
         for r in range(2):
@@ -103,6 +102,28 @@ def test_two_ranks_match_one_process_on_the_same_tasks(tmp_path) -> None:
     assert not torch.equal(ckpt["task_gens"][0], ckpt["task_gens"][1])
     assert (tmp_path / "equiv" / "progress.csv").is_file()
     print(f"equivalence test: {time.perf_counter() - t0:.1f} s")
+
+
+def test_sigterm_to_one_rank_stops_all_together(tmp_path) -> None:
+    """SIGTERM reaches rank 1 only: both ranks stop after the same iteration, rank 0 writes the checkpoint, and
+    both exit with the SIGTERM code (143)."""
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, WORKER, "signal", str(tmp_path)], cwd=ROOT,
+                              env=_env(RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
+                                       MASTER_PORT=port, TEST_DIST_TIMEOUT="30"),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    try:
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for r, (p, out) in enumerate(zip(procs, outs)):
+        assert p.returncode == 143 and f"rank {r} interrupted at 3" in out, out[-3000:]
+    assert "SIGTERM received" in outs[0] and "SIGTERM received" not in outs[1]  # rank 0 logs it
+    ckpt = torch.load(tmp_path / "run" / "checkpoint_latest.pt", weights_only=True)
+    assert ckpt["num_iterations"] == 3 and ckpt["world_size"] == 2
 
 
 @pytest.mark.parametrize("mode", ["crash", "hang"])

@@ -94,7 +94,7 @@ def test_metatrpo_tensors_live_on_the_model_device(monkeypatch) -> None:
     assert all(t.device == model.device for t in seen), {str(t.device) for t in seen}
     assert model.generator.device == model.device
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
+        with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
         assert resolve_device("auto") == torch.device("cpu")
     # a CPU generator initialises a policy on another device (here: the meta device), drawing the same values

@@ -87,10 +87,10 @@ def test_batched_sampler_replays_per_task_params() -> None:
                 o, r, _, _, _ = env.step(eps.actions[i, t, b].numpy())
                 assert np.float32(r) == eps.rewards[i, t, b].item()
     # a fresh sampler continuing from the saved seed stream gives what the kept one gives (exact resume)
-    state = bs._seed_rng.bit_generator.state
+    state = bs.seed_rng.bit_generator.state
     nxt = bs.sample(tasks, pt, b_, torch.Generator().manual_seed(3))
     fresh = BatchedSampler(VEL, pol, horizon=h_, seed=0)
-    fresh._seed_rng.bit_generator.state = state
+    fresh.seed_rng.bit_generator.state = state
     again = fresh.sample(tasks, pt, b_, torch.Generator().manual_seed(3))
     assert torch.equal(nxt.obs, again.obs) and torch.equal(nxt.rewards, again.rewards)
 

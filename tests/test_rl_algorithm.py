@@ -28,7 +28,7 @@ def test_learn_logs_to_tensorboard(tmp_path: str) -> None:
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     for key in ("rollout/pre_return", "rollout/post_return", "train/kl", "train/surrogate_improvement",
-                "train/ls_steps", "train/cg_residual", "time/iteration", "time/total_env_steps"):
+                "train/ls_steps", "train/cg_residual", "time/iterations", "time/total_env_steps"):
         assert key in tags, (key, tags)
     assert [e.step for e in acc.Scalars("rollout/pre_return")] == [1, 2]
 

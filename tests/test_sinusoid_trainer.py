@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rkmeta_rl.checkpoint import LATEST, load_checkpoint, save_checkpoint
-from rkmeta_rl.logger import read_scalars
+from rkmeta_rl.logger import read_progress, read_scalars
 from rkmeta_rl.supervised.sinusoid import SinusoidTasks
 from rkmeta_rl.supervised.sinusoid_problem import SinusoidProblem
 from rkmeta_rl.supervised.trainer import MetaTrainConfig, MetaTrainer, NonFiniteError
@@ -74,22 +74,25 @@ def test_resume_is_exact(tmp_path, method) -> None:
     class Crash(RuntimeError):
         pass
 
-    def crash(tr, it, stats):
-        if it == 13:
+    def crash(tr, stats):
+        if tr.num_iterations == 13:
             raise Crash()
 
     a = MetaTrainer(SinusoidProblem(), cfg(method=method, iterations=20), logdir=str(tmp_path / "a"))
     with pytest.raises(Crash):
         a.learn(callback=crash, progress_bar=False)
     a.close()
-    assert load_checkpoint(str(tmp_path / "a" / LATEST))["iteration"] == 10
+    assert load_checkpoint(str(tmp_path / "a" / LATEST))["num_iterations"] == 10
     b = MetaTrainer(SinusoidProblem(), cfg(method=method, iterations=20), logdir=str(tmp_path / "a"), resume=True)
     assert b.iteration == 10
     b.learn(progress_bar=False)
     b.close()
     for k, v in _final_params(ref).items():
         assert torch.equal(v, b.params[k]), k
-    assert os.path.isfile(tmp_path / "a" / "progress.before_0.csv")  # the pre-crash log was kept
+    # one continuous progress.csv: iterations 5, 10 before the crash (15 was never dumped), then 15, 20
+    header, rows = read_progress(str(tmp_path / "a" / "progress.csv"))
+    assert [int(float(r[header.index("time/iterations")])) for r in rows] == [5, 10, 15, 20]
+    assert not [f for f in os.listdir(tmp_path / "a") if f.startswith("progress.before")]
 
 
 def test_resume_refuses_other_settings(tmp_path) -> None:
@@ -103,6 +106,7 @@ def test_resume_refuses_other_settings(tmp_path) -> None:
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch) -> None:
     path = str(tmp_path / LATEST)
     save_checkpoint(path, {"iteration": 1, "x": torch.ones(3)})
+    save_checkpoint(path, {"iteration": 1, "x": torch.ones(3)})  # the first one becomes the previous one
 
     def broken_save(obj, fh, *a, **k):
         fh.write(b"partial garbage")
@@ -136,7 +140,7 @@ def test_non_finite_stops_with_iteration_and_checkpoint(tmp_path) -> None:
     tr = MetaTrainer(ExplodingProblem(), cfg(eval_interval=0), logdir=str(tmp_path))
     with pytest.raises(NonFiniteError, match=r"iteration 13.*checkpoint_latest\.pt"):
         tr.learn(progress_bar=False)
-    assert load_checkpoint(str(tmp_path / LATEST))["iteration"] == 10
+    assert load_checkpoint(str(tmp_path / LATEST))["num_iterations"] == 10
 
 
 @pytest.mark.parametrize("field,value,msg", [

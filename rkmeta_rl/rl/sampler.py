@@ -22,10 +22,9 @@ task dimension ``T``; see :mod:`rkmeta_rl.rl.policy`).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, Sequence
-
 import functools
 from collections import OrderedDict
+from typing import Any, Mapping, Protocol, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -136,7 +135,22 @@ def supports_shared_model(env: gym.Env) -> bool:
     return hasattr(type(env.unwrapped), "_share_model")
 
 
-class BatchedSampler:
+class _SeedStream:
+    """The env-seed stream of a sampler that resets real env instances, exposed as :attr:`seed_rng`."""
+
+    _seed_rng: np.random.Generator
+
+    @property
+    def seed_rng(self) -> np.random.Generator:
+        """The numpy generator that draws the env reset seeds (part of a run's random state)."""
+        return self._seed_rng
+
+    @seed_rng.setter
+    def seed_rng(self, rng: np.random.Generator) -> None:
+        self._seed_rng = rng
+
+
+class BatchedSampler(_SeedStream):
     """Fast generic sampler for any registered task family, on :class:`~rkmeta_rl.rl.vec_env.BatchedEnvs`.
 
     A call with ``T`` tasks and ``B`` trajectories runs ``N = T x B`` env instances, env ``n`` on task
@@ -148,7 +162,7 @@ class BatchedSampler:
 
     Random streams: action noise comes from the ``generator`` of :meth:`sample`; env ``n``'s reset seed is the
     ``n``-th draw ``int(_seed_rng.integers(2**31))`` of a numpy generator seeded with ``seed`` (the same draws,
-    in the same order, as :class:`GymSampler`). ``MetaTRPO.rng_state()`` saves ``_seed_rng``, so a resumed run
+    in the same order, as :class:`GymSampler`). ``MetaTRPO.rng_state()`` saves :attr:`seed_rng`, so a resumed run
     continues exactly; every reset is seeded, so reused and fresh env instances give the same episodes.
 
     Args:
@@ -247,7 +261,7 @@ class BatchedSampler:
         self.env.close()
 
 
-class GymSampler:
+class GymSampler(_SeedStream):
     """Generic sampler looping over Gymnasium env instances (any task family).
 
     ``num_traj`` env instances are made (and kept); for each task they are reset with
