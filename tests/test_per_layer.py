@@ -1,0 +1,315 @@
+"""Per-parameter RK methods and ``adapt=`` (ANIL) against exact answers, on both engine paths (float64).
+
+References are written independently of the engine on flat parameter vectors: per-coordinate step sizes
+``A``, per-coordinate stage weights ``a1, a2``, explicit Hessians (``torch.autograd.functional.hessian``) for
+the chain rule through the inner steps, ``d theta' / d theta = I - A H`` (its transpose ``I - H A``), and
+central finite differences of each stage's objective (for mixed methods the per-group meta-gradient is not
+the gradient of one scalar, so each stage ``k_i`` is checked and combined by hand).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_meta_gradient import (NUMEL, SHAPES, central_fd, flat, grad_flat, make_data, query_loss, support_loss,
+                                task, unflat)
+
+from rkmeta_rl.rk import (PerStage, adapt_and_score, get_tableau, meta_gradient, method_name, parse_method_spec,
+                          resolve_groups, step_sizes)
+from rkmeta_rl.rk.inner_step import inner_step
+
+DT = torch.float64
+PATHS = ["vmap", "loop"]
+HEAD = "[wb]2"  # the output layer of the test MLP (w0, b0, w1, b1, w2, b2)
+MIXED = {HEAD: "midpoint", "[wb]1": "heun", "*": "ralston"}
+
+
+@pytest.fixture(scope="module")
+def theta() -> torch.Tensor:
+    return torch.randn(NUMEL, generator=torch.Generator().manual_seed(1), dtype=DT) * 0.7
+
+
+def per_coord(values: dict[str, float]) -> torch.Tensor:
+    """A flat vector holding ``values[name]`` on every coordinate of parameter ``name``."""
+    return flat({k: torch.full(s, float(values[k]), dtype=DT) for k, s in SHAPES.items()})
+
+
+def hand_groups(method, adapt=None, inner_lr=0.05, step_rule="tableau"):
+    """(A, a1, a2) per coordinate, from the issue's rules written out directly."""
+    groups = resolve_groups(list(SHAPES), method, adapt)
+    two = any(t.stages == 2 for t in groups.tableaus)
+    alpha, a1, a2 = {}, {}, {}
+    for n, t, ad in zip(groups.names, groups.tableaus, groups.adapted):
+        q21 = t.q[1][0] if t.stages == 2 else 0.0
+        rate = (2 * q21 * inner_lr if step_rule == "tableau" else (inner_lr if q21 else 0.0))
+        alpha[n] = rate if ad and (t.stages == 2 or not two) else 0.0
+        if t.stages == 1 and not two and ad:
+            alpha[n] = inner_lr
+        a1[n], a2[n] = (t.a[0], t.a[1]) if t.stages == 2 else (1.0, 0.0)
+    return per_coord(alpha), per_coord(a1), per_coord(a2)
+
+
+def hand_per_group(theta_v, data, A, a1, a2, steps=1, first_order=False):
+    """mean_T [a1 * gS(theta) + a2 * prod_k (I - H_k A) gQ(theta_n)], theta_{k+1} = theta_k - A * gS(theta_k)."""
+    total = torch.zeros_like(theta_v)
+    n = data["xs"].shape[0]
+    for t in range(n):
+        d = task(data, t)
+        ls = lambda v: support_loss(unflat(v), d)  # noqa: E731
+        lq = lambda v: query_loss(unflat(v), d)  # noqa: E731
+        pts = [theta_v]
+        for _ in range(steps):
+            pts.append(pts[-1] - A * grad_flat(ls, pts[-1]))
+        k2 = grad_flat(lq, pts[-1])
+        if not first_order:
+            for pt in reversed(pts[:-1]):
+                H = torch.autograd.functional.hessian(ls, pt)
+                k2 = k2 - H @ (A * k2)
+        total += a1 * grad_flat(ls, theta_v) + a2 * k2
+    return total / n
+
+
+def engine(theta_v, data, method, inner_lr, path, **kw):
+    g, stats = meta_gradient(unflat(theta_v.clone()), support_loss, query_loss, data, method, inner_lr,
+                             path=path, **kw)
+    return flat(g), stats
+
+
+# ---------------------------------------------------------------------------------------------- uniform == today
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("method,steps", [("midpoint", 1), ("ralston", 2), ("euler", 1), ("generic(0.8)", 1)])
+def test_one_method_everywhere_is_the_uniform_method_bit_for_bit(theta, path, method, steps) -> None:
+    data = make_data(3)
+    ref, ref_stats = engine(theta, data, method, 0.05, path, inner_steps=steps)
+    for spec in ({HEAD: method, "*": method}, f"w*={method},b*={method}"):
+        got, stats = engine(theta, data, spec, 0.05, path, inner_steps=steps, adapt=["*"])
+        assert torch.equal(got, ref)
+        assert stats == ref_stats
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_one_four_stage_method_everywhere_is_uniform(theta, path) -> None:
+    ps = PerStage([make_data(2, seed=30 + i) for i in range(4)])
+    ref, _ = engine(theta, ps, "rk4", 0.1, path)
+    got, _ = engine(theta, ps, {"w*": "rk4", "b*": "rk4"}, 0.1, path)
+    assert torch.equal(got, ref)
+
+
+# ---------------------------------------------------------------------------------------------- ANIL
+
+
+def hand_anil(theta_v, data, alpha):
+    """ANIL (Raghu et al., 2019): the inner step moves only the head; g = (I - alpha H M) gQ(theta')."""
+    head = per_coord({k: 1.0 if k in ("w2", "b2") else 0.0 for k in SHAPES}).bool()
+    total = torch.zeros_like(theta_v)
+    for t in range(data["xs"].shape[0]):
+        d = task(data, t)
+        ls = lambda v: support_loss(unflat(v), d)  # noqa: E731
+        g_s = grad_flat(ls, theta_v)
+        post = theta_v.clone()
+        post[head] = theta_v[head] - alpha * g_s[head]
+        g_q = grad_flat(lambda v: query_loss(unflat(v), d), post)
+        H = torch.autograd.functional.hessian(ls, theta_v)
+        total += g_q - alpha * H[:, head] @ g_q[head]
+    return total / data["xs"].shape[0]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_anil_equals_hand_written(theta, path) -> None:
+    data = make_data(3)
+    got, stats = engine(theta, data, "midpoint", 0.1, path, adapt=HEAD)
+    torch.testing.assert_close(got, hand_anil(theta, data, 0.1), rtol=1e-10, atol=1e-12)
+    # the post-adaptation diagnostics adapted the head only
+    d0 = task(data, 0)
+    _, s1 = engine(theta, {k: v[:1] for k, v in data.items()}, "midpoint", 0.1, path, adapt=HEAD)
+    g = grad_flat(lambda v: support_loss(unflat(v), d0), theta)
+    post = theta - 0.1 * per_coord({k: float(k in ("w2", "b2")) for k in SHAPES}) * g
+    assert s1["query_loss_post"] == pytest.approx(float(query_loss(unflat(post), d0)), rel=1e-12)
+    assert stats["num_tasks"] == 3.0
+
+
+# ---------------------------------------------------------------------------------------------- mixed mappings
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("method,adapt,steps,rule", [
+    (MIXED, None, 1, "tableau"),
+    (MIXED, None, 1, "fixed"),
+    (MIXED, "[wb]2|w1", 1, "tableau"),
+    (MIXED, None, 3, "tableau"),
+    ("[wb]2=midpoint,*=euler", None, 1, "tableau"),
+    ("[wb]2=midpoint,[wb]1=itb,*=euler", ["w2", "b*"], 2, "tableau"),
+])
+def test_mixed_mapping_equals_hand_computed(theta, path, method, adapt, steps, rule) -> None:
+    data = make_data(3)
+    A, a1, a2 = hand_groups(method, adapt, 0.05, rule)
+    ref = hand_per_group(theta, data, A, a1, a2, steps)
+    got, _ = engine(theta, data, method, 0.05, path, adapt=adapt, inner_steps=steps, step_rule=rule)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_mixed_first_order(theta, path) -> None:
+    data = make_data(3)
+    A, a1, a2 = hand_groups(MIXED)
+    ref = hand_per_group(theta, data, A, a1, a2, 2, first_order=True)
+    got, _ = engine(theta, data, MIXED, 0.05, path, inner_steps=2, first_order=True)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("adapt", [None, "w2|b2|w0"])
+def test_mixed_mapping_matches_finite_differences_of_each_stage(theta, path, adapt) -> None:
+    """k1 = FD of L_S, k2 = FD of L_Q(theta'(theta)) (theta' with per-group steps), combined per group by hand."""
+    data = make_data(2, seed=3)
+    A, a1, a2 = hand_groups(MIXED, adapt, 0.1)
+    coords = list(range(0, NUMEL, 4))
+    k1 = torch.zeros(len(coords), dtype=DT)
+    k2 = torch.zeros(len(coords), dtype=DT)
+    for t in range(2):
+        d = task(data, t)
+
+        def stage2(v, d=d):
+            return query_loss(unflat(v - A * grad_flat(lambda u: support_loss(unflat(u), d), v)), d).detach()
+
+        k1 += central_fd(lambda v, d=d: support_loss(unflat(v), d).detach(), theta, coords) / 2
+        k2 += central_fd(stage2, theta, coords) / 2
+    got, _ = engine(theta, data, MIXED, 0.1, path, adapt=adapt)
+    torch.testing.assert_close(got[coords], a1[coords] * k1 + a2[coords] * k2, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_three_stage_tableau_with_adapt_matches_finite_differences(theta, path) -> None:
+    """One kutta3 everywhere, only the head adapted: stage points theta_i = theta - h M sum_j q_ij k_j."""
+    tab = get_tableau("kutta3")
+    h = tab.step_size(0.1)
+    M = per_coord({k: float(k in ("w2", "b2")) for k in SHAPES})
+    stage_data = [make_data(2, seed=40 + i) for i in range(3)]
+
+    def J(theta_v):
+        total = torch.zeros((), dtype=DT)
+        for t in range(2):
+            ds = [task(d, t) for d in stage_data]
+            v = theta_v.detach().requires_grad_(True)
+            ks = [torch.autograd.grad(support_loss(unflat(v), ds[0]), v, create_graph=True)[0]]
+            val = tab.a[0] * support_loss(unflat(v), ds[0])
+            for i in range(2, 4):
+                pt = v - h * M * sum(tab.q[i - 1][j] * ks[j] for j in range(i - 1))
+                li = query_loss(unflat(pt), ds[i - 1])
+                ks.append(torch.autograd.grad(li, v, create_graph=True)[0])
+                val = val + tab.a[i - 1] * li
+            total = total + val.detach()
+        return total / 2
+
+    got, _ = engine(theta, PerStage(stage_data), "kutta3", 0.1, path, adapt=HEAD)
+    coords = list(range(0, NUMEL, 5))
+    torch.testing.assert_close(got[coords], central_fd(J, theta, coords), rtol=1e-6, atol=1e-8)
+
+
+def test_paths_agree_on_a_mixed_mapping(theta) -> None:
+    data = make_data(4, seed=5)
+    for kw in ({}, {"adapt": "w2|b2|w1", "inner_steps": 2}, {"first_order": True}):
+        gv, sv = engine(theta, data, MIXED, 0.05, "vmap", **kw)
+        gl, sl = engine(theta, data, MIXED, 0.05, "loop", **kw)
+        torch.testing.assert_close(gv, gl, rtol=1e-12, atol=1e-13)
+        for k in sv:
+            assert sv[k] == pytest.approx(sl[k], rel=1e-12)
+
+
+@pytest.mark.slow  # about a minute of torch.compile on a loaded 2-core CPU
+def test_compiled_mixed_mapping_equals_eager() -> None:
+    torch.manual_seed(0)
+    p = {k: torch.randn(s) * 0.5 for k, s in SHAPES.items()}
+    data = {k: v.float() for k, v in make_data(5).items()}
+    ge, _ = meta_gradient(p, support_loss, query_loss, data, MIXED, 0.05, path="vmap", adapt="w2|b2|w1")
+    gc, _ = meta_gradient(p, support_loss, query_loss, data, MIXED, 0.05, path="vmap", adapt="w2|b2|w1",
+                          compile=True)
+    for k in p:
+        torch.testing.assert_close(gc[k], ge[k], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- step sizes, test time
+
+
+def test_step_sizes_rules() -> None:
+    names = list(SHAPES)
+    s = step_sizes(names, MIXED, 0.1)
+    assert s == {"w2": 0.1, "b2": 0.1, "w1": 0.2, "b1": 0.2, "w0": 2 * 0.75 * 0.1, "b0": 2 * 0.75 * 0.1}
+    assert set(step_sizes(names, MIXED, 0.1, step_rule="fixed").values()) == {0.1}
+    assert step_sizes(names, "midpoint", 0.1, adapt=HEAD) == {k: (0.1 if k in ("w2", "b2") else 0.0) for k in names}
+    # euler next to a two-stage method adapts nothing; euler alone is the pretrained baseline (MAML's rate)
+    assert step_sizes(names, f"{HEAD}=midpoint,*=euler", 0.1) == {k: (0.1 if k in ("w2", "b2") else 0.0)
+                                                                  for k in names}
+    assert step_sizes(names, "euler", 0.1) == {k: 0.1 for k in names}
+    # uniform: exactly the tableau's own inner rate
+    for m in ("midpoint", "ralston", "itb", "generic(0.3)"):
+        assert set(step_sizes(names, m, 0.07).values()) == {get_tableau(m).inner_lr(0.07)}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_adapt_and_score_with_per_parameter_rates(theta, path) -> None:
+    data = make_data(2)
+    rates = step_sizes(list(SHAPES), MIXED, 0.05, adapt="w2|b2|w0")
+    A = per_coord(rates)
+    out = adapt_and_score(unflat(theta), support_loss, lambda p, d: {"mse": query_loss(p, d)}, data, rates, 2,
+                          path=path)
+    for t in range(2):
+        d = task(data, t)
+        v = theta.clone()
+        for s in range(3):
+            assert float(out["mse"][t, s]) == pytest.approx(float(query_loss(unflat(v), d)), rel=1e-12)
+            v = v - A * grad_flat(lambda u: support_loss(unflat(u), d), v)
+
+
+def test_inner_step_primitive() -> None:
+    p = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([3.0])}
+    g = {"a": torch.tensor([0.5, -1.0]), "b": torch.tensor([2.0])}
+    out = inner_step(p, g, {"a": 0.1, "b": 0.0})
+    assert torch.equal(out["a"], torch.tensor([1.0 - 0.05, 2.0 + 0.1])) and out["b"] is p["b"]
+    assert torch.equal(inner_step(p, list(g.values()), 0.5)["b"], torch.tensor([2.0]))
+    with pytest.raises(ValueError, match="no step size.*'b'"):
+        inner_step(p, g, {"a": 0.1})
+
+
+# ---------------------------------------------------------------------------------------------- specs and errors
+
+
+def test_method_spec_parsing_and_names() -> None:
+    m = parse_method_spec(" head.*=midpoint , *=ralston ")
+    assert m.name == "head.*=midpoint,*=ralston" and parse_method_spec(m.name) == m
+    assert method_name({"head.*": "maml", "*": 0.6}) == "head.*=midpoint,*=generic(0.6)"
+    assert parse_method_spec("ralston") is get_tableau("ralston")
+    assert parse_method_spec({"*": "heun"}) is get_tableau("heun")
+    assert method_name("generic(0.6)") == "generic(0.6)"
+
+
+def test_bad_mappings_give_clear_errors(theta) -> None:
+    p, data = unflat(theta.clone()), make_data(2)
+
+    def mg(method, **kw):
+        return meta_gradient(p, support_loss, query_loss, data, method, 0.1, **kw)
+
+    with pytest.raises(ValueError, match=r"no pattern matches parameter\(s\) \['w0', 'b0', 'w1', 'b1'\]"):
+        mg({HEAD: "midpoint"})
+    with pytest.raises(ValueError, match="pattern 'w\\*'.*unknown RK method 'midpiont'"):
+        mg({"w*": "midpiont", "*": "ralston"})
+    with pytest.raises(ValueError, match="pattern 'b\\*'.*unknown RK method"):
+        mg("w*=midpoint,b*=nope")
+    with pytest.raises(ValueError, match="'pattern=method'"):
+        mg("w*=midpoint,ralston")
+    with pytest.raises(ValueError, match="mapping is empty"):
+        mg({})
+    with pytest.raises(ValueError, match=r"first match of no parameter"):
+        mg({"*": "midpoint", HEAD: "ralston"})
+    with pytest.raises(ValueError, match="adapt must name at least one"):
+        mg("midpoint", adapt=[])
+    with pytest.raises(ValueError, match="adapt must name at least one"):
+        mg("midpoint", adapt="")
+    with pytest.raises(ValueError, match=r"adapt='head\.\*' matches no parameter"):
+        mg("midpoint", adapt="head.*")
+    with pytest.raises(ValueError, match="same tableau for every parameter"):
+        meta_gradient(p, support_loss, query_loss, PerStage([data] * 4), {HEAD: "rk4", "*": "midpoint"}, 0.1)
+    with pytest.raises(ValueError, match="parameter 'steps' must be a floating-point tensor"):
+        meta_gradient({**p, "steps": torch.tensor([3])}, support_loss, query_loss, data, "midpoint", 0.1)
