@@ -313,3 +313,181 @@ def test_bad_mappings_give_clear_errors(theta) -> None:
         meta_gradient(p, support_loss, query_loss, PerStage([data] * 4), {HEAD: "rk4", "*": "midpoint"}, 0.1)
     with pytest.raises(ValueError, match="parameter 'steps' must be a floating-point tensor"):
         meta_gradient({**p, "steps": torch.tensor([3])}, support_loss, query_loss, data, "midpoint", 0.1)
+
+
+# ---------------------------------------------------------------------------------------------- MAML-TRPO per group
+
+from test_rl_meta_trpo import SHAPES as RL_SHAPES  # noqa: E402
+from test_rl_meta_trpo import T_, _batch, _policy, masked_mean, pi  # noqa: E402
+from torch.distributions import kl_divergence  # noqa: E402
+
+from rkmeta_rl.rl import MetaTRPOStep  # noqa: E402
+
+RL_HEAD = "w1|b1|log_std"  # the one-hidden-layer test policy's head
+RL_CASES = [
+    ({RL_HEAD: "midpoint", "*": "ralston"}, {}),
+    (f"{RL_HEAD}=midpoint,*=euler", {}),
+    ({RL_HEAD: "itb", "*": "heun"}, {"adapt": "w1|b1|w0"}),
+    ("midpoint", {"adapt": RL_HEAD}),
+    ({RL_HEAD: "midpoint", "*": "ralston"}, {"inner_steps": 2}),
+]
+
+
+def rl_coords(values: dict[str, float]) -> torch.Tensor:
+    return torch.cat([torch.full(shape, float(values[n]), dtype=DT).reshape(-1) for n, shape in RL_SHAPES])
+
+
+def rl_vec(pol) -> torch.Tensor:
+    return torch.cat([pol.params()[n].detach().reshape(-1) for n, _ in RL_SHAPES])
+
+
+def rl_inner(vec, d, t, A):
+    """The hand-written REINFORCE inner step with per-coordinate step sizes A."""
+    loss = -masked_mean(pi(vec, d.obs[t]).log_prob(d.actions[t]).sum(-1) * d.advantages[t], d.masks[t])
+    (g,) = torch.autograd.grad(loss, vec, create_graph=True)
+    return vec - A * g
+
+
+def rl_stage_functions(old, train, d1, A):
+    """S0, S1 (surrogates) and KL0, KL1 (KL to the old policies) as functions of the flat parameters, per the
+    uniform MAML-TRPO definitions; stage 2 goes through the per-group inner steps."""
+    def adapted(vec, t):
+        for d in train:
+            vec = rl_inner(vec, d, t, A)
+        return vec
+
+    base = old.clone().requires_grad_(True)
+    old_prime = [adapted(base, t).detach() for t in range(T_)]
+    d0 = train[0]
+
+    def s0(vec):
+        return sum(-masked_mean(torch.exp(pi(vec, d0.obs[t]).log_prob(d0.actions[t]).sum(-1)
+                                          - pi(old, d0.obs[t]).log_prob(d0.actions[t]).sum(-1)) * d0.advantages[t],
+                                d0.masks[t]) for t in range(T_)) / T_
+
+    def s1(vec):
+        out = 0.0
+        for t in range(T_):
+            vp = adapted(vec, t)
+            ratio = torch.exp(pi(vp, d1.obs[t]).log_prob(d1.actions[t]).sum(-1)
+                              - pi(old_prime[t], d1.obs[t]).log_prob(d1.actions[t]).sum(-1))
+            out = out - masked_mean(ratio * d1.advantages[t], d1.masks[t])
+        return out / T_
+
+    def kl0(vec):
+        return sum(masked_mean(kl_divergence(pi(old, d0.obs[t]), pi(vec, d0.obs[t])).sum(-1), d0.masks[t])
+                   for t in range(T_)) / T_
+
+    def kl1(vec):
+        return sum(masked_mean(kl_divergence(pi(old_prime[t], d1.obs[t]), pi(adapted(vec, t), d1.obs[t])).sum(-1),
+                               d1.masks[t]) for t in range(T_)) / T_
+
+    return s0, s1, kl0, kl1
+
+
+def rl_setup(method, kw, mode="gauss_newton"):
+    pol = _policy()
+    steps = kw.get("inner_steps", 1)
+    train = [_batch(1), _batch(4)][:steps]
+    d1 = _batch(2)
+    step = MetaTRPOStep(pol, method, inner_lr=0.3, cg_damping=0.0, fvp_mode=mode, **kw)
+    prep = step.prepare(pol.params(), train, d1)
+    return pol, step, train, d1, prep
+
+
+@pytest.mark.parametrize("mode", ["gauss_newton", "autograd"])
+@pytest.mark.parametrize("method,kw", RL_CASES)
+def test_meta_trpo_gradient_is_the_hand_combined_per_group_gradient(method, kw, mode) -> None:
+    """grad = D1 grad S0 + D2 J^T grad S1, each stage's gradient by autograd of the hand-written objectives."""
+    pol, step, train, d1, prep = rl_setup(method, kw, mode)
+    A, a1, a2 = (rl_coords(x) for x in _rl_hand_groups(method, kw.get("adapt"), 0.3))
+    old = rl_vec(pol)
+    s0, s1, _, _ = rl_stage_functions(old, train, d1, A)
+    v = old.clone().requires_grad_(True)
+    g0 = torch.autograd.grad(s0(v), v)[0]
+    g1 = torch.autograd.grad(s1(v), v)[0]
+    torch.testing.assert_close(prep.grad, a1 * g0 + a2 * g1, rtol=1e-10, atol=1e-12)
+
+
+def _rl_hand_groups(method, adapt, inner_lr):
+    groups = resolve_groups([n for n, _ in RL_SHAPES], method, adapt)
+    two = any(t.stages == 2 for t in groups.tableaus)
+    alpha, a1, a2 = {}, {}, {}
+    for n, t, ad in zip(groups.names, groups.tableaus, groups.adapted):
+        alpha[n] = 2 * t.q[1][0] * inner_lr if (ad and t.stages == 2) else (inner_lr if ad and not two else 0.0)
+        a1[n], a2[n] = (t.a[0], t.a[1]) if t.stages == 2 else (1.0, 0.0)
+    return alpha, a1, a2
+
+
+@pytest.mark.parametrize("method,kw", RL_CASES)
+def test_meta_trpo_fisher_is_the_symmetric_per_group_form(method, kw) -> None:
+    """F = D1 F0 D1 / w1 + D2 J^T F1 J D2 / w2 (w_i the largest-magnitude weight of stage i), with F0 and
+    J^T F1 J explicit Hessians of the hand-written KLs; symmetric."""
+    pol, step, train, d1, prep = rl_setup(method, kw)
+    A, a1, a2 = (rl_coords(x) for x in _rl_hand_groups(method, kw.get("adapt"), 0.3))
+    old = rl_vec(pol)
+    _, _, kl0, kl1 = rl_stage_functions(old, train, d1, A)
+    F = torch.zeros(old.numel(), old.numel(), dtype=DT)
+    for a, kl in ((a1, kl0), (a2, kl1)):
+        w = max(a.tolist(), key=lambda x: (abs(x), x))
+        if w != 0.0:
+            H = torch.autograd.functional.hessian(kl, old)
+            F += a[:, None] * H * a[None, :] / w
+    n = old.numel()
+    eye = torch.eye(n, dtype=DT)
+    got = torch.stack([prep.fvp(eye[i]) for i in range(n)], 1)
+    torch.testing.assert_close(got, F, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(got, got.T, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method,kw", RL_CASES[:3])
+def test_line_search_objective_and_kl_are_consistent_with_gradient_and_fisher(method, kw) -> None:
+    """The line search's (J_D, KL_D): central differences along d give grad . d and d^T F d at theta_old."""
+    pol, step, train, d1, prep = rl_setup(method, kw)
+    d = torch.randn(prep.theta.numel(), generator=torch.Generator().manual_seed(7), dtype=DT)
+    j0, kl0 = prep.evaluate(prep.theta)
+    assert j0 == pytest.approx(prep.loss, rel=1e-12) and abs(kl0) < 1e-14
+    eps = 1e-5  # central differences converge as eps^2 here: 1e-3 -> 1e-4 relative, 1e-5 -> 1e-8
+    jp, _ = prep.evaluate(prep.theta + eps * d)
+    jm, _ = prep.evaluate(prep.theta - eps * d)
+    assert (jp - jm) / (2 * eps) == pytest.approx(float(prep.grad @ d), rel=1e-7)
+    eps = 1e-4
+    _, klp = prep.evaluate(prep.theta + eps * d)
+    _, klm = prep.evaluate(prep.theta - eps * d)
+    assert (klp - 2 * kl0 + klm) / eps ** 2 == pytest.approx(float(d @ prep.fvp(d)), rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["gauss_newton", "autograd"])
+@pytest.mark.parametrize("method,steps", [("midpoint", 1), ("ralston", 2), ("euler", 1)])
+def test_meta_trpo_one_method_everywhere_is_uniform_bit_for_bit(method, steps, mode) -> None:
+    train, d1 = [_batch(1), _batch(4)][:steps], _batch(2)
+    out = []
+    for spec in (method, {RL_HEAD: method, "*": method}):
+        pol = _policy()
+        step = MetaTRPOStep(pol, spec, inner_lr=0.3, inner_steps=steps, fvp_mode=mode, adapt=["*"])
+        stats = step.step(pol.params(), train, d1 if step.adapts else None)
+        out.append((rl_vec(pol), stats, step.alpha))
+    assert torch.equal(out[0][0], out[1][0]) and out[0][1] == out[1][1] and out[0][2] == out[1][2]
+    assert out[0][1]["accepted"] == 1.0
+
+
+def test_meta_trpo_adapt_uses_per_group_rates_and_errors() -> None:
+    pol = _policy()
+    step = MetaTRPOStep(pol, {RL_HEAD: "midpoint", "*": "ralston"}, inner_lr=0.3, adapt="w1|b1|w0")
+    assert step.alpha == {"w0": 2 * 0.75 * 0.3, "b0": 0.0, "w1": 0.3, "b1": 0.3, "log_std": 0.0}
+    assert step.method_name == "w1|b1|log_std=midpoint,*=ralston" and step.tableau is None
+    assert pol.head_pattern == RL_HEAD
+    d0 = _batch(1)
+    got = step.adapt(pol.params(), [d0])
+    A = rl_coords(step.alpha)
+    old = rl_vec(pol).requires_grad_(True)
+    for t in range(T_):
+        ref = rl_inner(old, d0, t, A).detach()
+        torch.testing.assert_close(torch.cat([got[n][t].reshape(-1) for n, _ in RL_SHAPES]), ref,
+                                   rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="no pattern matches parameter"):
+        MetaTRPOStep(pol, {"head.*": "midpoint"})
+    with pytest.raises(ValueError, match="one- and two-stage"):
+        MetaTRPOStep(pol, {RL_HEAD: "rk4", "*": "rk4"})
+    with pytest.raises(ValueError, match="adapt="):
+        MetaTRPOStep(pol, "midpoint", adapt="head")
