@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from rkmeta_rl.distributed import destroy, init_distributed, split_batch
-from rkmeta_rl.rk import TABLEAU_NAMES, get_tableau
+from rkmeta_rl.rk import TABLEAU_NAMES, method_slug, parse_method_spec
 from rkmeta_rl.supervised.trainer import MetaTrainConfig, MetaTrainer
 
 if TYPE_CHECKING:
@@ -58,7 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shots", type=int, default=1)
     p.add_argument("--queries", type=int, default=15, help="query images per class")
     p.add_argument("--method", default="midpoint",
-                   help=f"RK method: {', '.join(n for n in TABLEAU_NAMES if n not in ('kutta3', 'rk4'))}, or x > 0")
+                   help=f"RK method: {', '.join(n for n in TABLEAU_NAMES if n not in ('kutta3', 'rk4'))}, or x > 0; or "
+                   "per-parameter methods 'glob=method,...', first match wins (e.g. 'fc.*=midpoint,*=ralston')")
+    p.add_argument("--adapt", default=None,
+                   help="parameters the inner loop moves: comma-separated globs (default all; ANIL: 'fc.*')")
     p.add_argument("--data-root", default=None, help="dataset folder (Omniglot default: ../shared/data/omniglot)")
     p.add_argument("--cache-dir", default=None, help="preprocessed-array cache (default ~/.cache/rkmeta_rl)")
     p.add_argument("--iterations", type=int, default=60_000)
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     d = setting_defaults(args.dataset, args.ways, args.shots)
     pick = lambda v, k: d[k] if v is None else v  # noqa: E731
     cfg = MetaTrainConfig(
-        method=args.method, iterations=args.iterations, meta_batch_size=pick(args.meta_batch_size, "meta_batch_size"),
+        method=args.method, adapt=args.adapt, iterations=args.iterations, meta_batch_size=pick(args.meta_batch_size, "meta_batch_size"),
         inner_lr=pick(args.inner_lr, "inner_lr"), inner_steps=pick(args.inner_steps, "inner_steps"),
         test_inner_steps=pick(args.test_inner_steps, "test_inner_steps"), step_rule=args.step_rule,
         first_order=args.first_order, meta_lr=args.meta_lr, seed=args.seed, device=args.device, path=args.path,
@@ -129,9 +132,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     try:
         cfg.validate()
-        if get_tableau(cfg.method).stages > 2:
+        stages = parse_method_spec(cfg.method).stages
+        if stages > 2:
             raise ValueError(f"few-shot benchmarks support one- and two-stage methods; {cfg.method} has "
-                             f"{get_tableau(cfg.method).stages} stages")
+                             f"{stages} stages")
         for name in ("ways", "shots", "queries"):
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -152,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _run(args: argparse.Namespace, cfg: MetaTrainConfig, problem: "FewShotProblem", is_main: bool) -> dict:
     logdir = args.logdir or os.path.join(
-        "runs", f"{args.dataset}-{args.ways}w{args.shots}s-{args.method}-s{args.seed}")
+        "runs", f"{args.dataset}-{args.ways}w{args.shots}s-{method_slug(args.method, args.adapt)}-s{args.seed}")
     trainer = MetaTrainer(problem, cfg, logdir=logdir, resume=args.resume, verbose=args.verbose)
     t0 = time.perf_counter()
     trainer.learn(progress_bar=not args.no_progress)
@@ -167,7 +171,7 @@ def _run(args: argparse.Namespace, cfg: MetaTrainConfig, problem: "FewShotProble
     })
     trainer.close()
     if is_main:
-        fig = problem.figure(trainer.params, cfg.adapt_lr, steps, torch.Generator().manual_seed(cfg.seed + 20_000),
+        fig = problem.figure(trainer.params, trainer.adapt_lr, steps, torch.Generator().manual_seed(cfg.seed + 20_000),
                              trainer.device)
         fig.savefig(os.path.join(logdir, "episode.png"), dpi=110)
         print(json.dumps(metrics))

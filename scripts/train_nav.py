@@ -39,7 +39,7 @@ from stable_baselines3.common.logger import Figure
 
 from rkmeta_rl.distributed import DistInfo, destroy, init_distributed, split_batch
 from rkmeta_rl.logger import make_logger
-from rkmeta_rl.rk import get_tableau
+from rkmeta_rl.rk import method_slug, parse_method_spec
 from rkmeta_rl.rl.algorithm import MetaTRPO
 from rkmeta_rl.rl.evaluation import trajectory_figure
 from rkmeta_rl.rl.run_loop import resume_run, run_summary, train_loop
@@ -53,12 +53,16 @@ PRESETS = {
 }
 ENV_ID = "rkmeta/Navigation2D-v0"
 #: settings a ``--resume`` must share with the checkpoint
-RESUME_KEYS = ("method", "meta_batch_size", "fast_batch_size", "inner_lr", "seed", "policy_kwargs")
+RESUME_KEYS = ("method", "adapt", "meta_batch_size", "fast_batch_size", "inner_lr", "seed", "policy_kwargs")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", default="ralston", help="euler, midpoint, heun, ralston, itb, generic(x) or x > 0")
+    p.add_argument("--method", default="ralston", help="euler, midpoint, heun, ralston, itb, generic(x) or x > 0; "
+                   "or per-parameter methods 'glob=method,...' over the policy's names (w0 b0 w1 b1 w2 b2 log_std), "
+                   "e.g. 'w2|b2|log_std=midpoint,*=ralston'")
+    p.add_argument("--adapt", default=None,
+                   help="parameters the inner step moves: comma-separated globs (default all; ANIL: 'w2,b2,log_std')")
     p.add_argument("--config", choices=tuple(PRESETS), default="seed")
     p.add_argument("--iterations", type=int, default=None)
     p.add_argument("--meta-batch-size", type=int, default=None)
@@ -99,7 +103,7 @@ def build(args: argparse.Namespace, dist: DistInfo | None = None) -> tuple[MetaT
     check_positive("checkpoint_interval", args.checkpoint_interval, integer=True)
     if not 0 < args.fvp_subsample <= 1:
         raise ValueError(f"fvp_subsample must be in (0, 1], got {args.fvp_subsample}")
-    tab = get_tableau(args.method)
+    tab = parse_method_spec(args.method)
     if tab.stages > 2:
         raise ValueError(f"meta-RL supports one- and two-stage methods; {tab.name} has {tab.stages} stages")
     model = MetaTRPO(
@@ -108,6 +112,7 @@ def build(args: argparse.Namespace, dist: DistInfo | None = None) -> tuple[MetaT
         inner_steps=args.inner_steps, step_rule=args.step_rule, first_order=args.first_order, max_kl=args.max_kl,
         seed=args.seed, device=args.device, fvp_subsample=args.fvp_subsample,
         policy_kwargs={"hidden_sizes": preset["hidden"], "activation": preset["activation"]}, dist=dist,
+        adapt=args.adapt,
     )
     return model, iterations
 
@@ -132,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _run(args: argparse.Namespace, dist: DistInfo) -> dict:
-    logdir = args.logdir or os.path.join("runs", f"nav-{args.method}-{args.config}-s{args.seed}")
+    logdir = args.logdir or os.path.join("runs", f"nav-{method_slug(args.method, args.adapt)}-{args.config}-s{args.seed}")
     try:
         model, iterations = build(args, dist)
     except (ValueError, RuntimeError) as err:

@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from rkmeta_rl.distributed import destroy, init_distributed, split_batch
-from rkmeta_rl.rk import TABLEAU_NAMES
+from rkmeta_rl.rk import TABLEAU_NAMES, method_slug
 from rkmeta_rl.supervised.sinusoid_problem import SinusoidProblem
 from rkmeta_rl.supervised.trainer import MetaTrainConfig, MetaTrainer
 
@@ -34,7 +34,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d = MetaTrainConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="midpoint",
-                   help=f"RK method: one of {', '.join(TABLEAU_NAMES)}, or generic(x) / a number x > 0")
+                   help=f"RK method: one of {', '.join(TABLEAU_NAMES)}, or generic(x) / a number x > 0; or per-parameter "
+                   "methods 'glob=method,...', first match wins (e.g. 'w2|b2=midpoint,*=ralston')")
+    p.add_argument("--adapt", default=None,
+                   help="parameters the inner loop moves: comma-separated globs (default all; ANIL: 'w2,b2')")
     p.add_argument("--iterations", type=int, default=d.iterations)
     p.add_argument("--meta-batch-size", type=int, default=d.meta_batch_size)
     p.add_argument("--inner-lr", type=float, default=d.inner_lr, help="MAML's alpha (see --step-rule)")
@@ -65,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = MetaTrainConfig(
-        method=args.method, iterations=args.iterations, meta_batch_size=args.meta_batch_size,
+        method=args.method, adapt=args.adapt, iterations=args.iterations, meta_batch_size=args.meta_batch_size,
         inner_lr=args.inner_lr, inner_steps=args.inner_steps, test_inner_steps=args.test_inner_steps,
         step_rule=args.step_rule, first_order=args.first_order, meta_lr=args.meta_lr, seed=args.seed,
         device=args.device, path=args.path, compile=not args.no_compile, log_interval=args.log_interval,
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _run(args: argparse.Namespace, cfg: MetaTrainConfig, is_main: bool) -> dict:
-    logdir = args.logdir or os.path.join("runs", f"sinusoid-{args.method}-s{args.seed}")
+    logdir = args.logdir or os.path.join("runs", f"sinusoid-{method_slug(args.method, args.adapt)}-s{args.seed}")
     trainer = MetaTrainer(SinusoidProblem(), cfg, logdir=logdir, resume=args.resume, verbose=args.verbose)
     t0 = time.perf_counter()
     trainer.learn(progress_bar=not args.no_progress)
@@ -107,7 +110,7 @@ def _run(args: argparse.Namespace, cfg: MetaTrainConfig, is_main: bool) -> dict:
     })
     trainer.close()
     if is_main:
-        fig = trainer.problem.figure(trainer.params, cfg.adapt_lr, cfg.test_inner_steps,
+        fig = trainer.problem.figure(trainer.params, trainer.adapt_lr, cfg.test_inner_steps,
                                      __import__("torch").Generator().manual_seed(cfg.seed + 20_000), trainer.device)
         fig.savefig(os.path.join(logdir, "adaptation.png"), dpi=110)
         print(json.dumps(metrics))

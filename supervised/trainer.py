@@ -32,7 +32,8 @@ from rkmeta_rl.checkpoint import FINAL, LATEST, latest_checkpoint, load_checkpoi
 from rkmeta_rl.distributed import (DistInfo, all_gather_objects, all_reduce_max, all_reduce_mean, batch_slice,
                                    broadcast_params, current_dist, rank_seed, split_batch)
 from rkmeta_rl.logger import make_logger
-from rkmeta_rl.rk import LossFn, Params, PerStage, adapt_and_score, get_tableau, meta_gradient
+from rkmeta_rl.rk import (LossFn, Params, PerStage, StepSizes, adapt_and_score, meta_gradient, parse_adapt,
+                          parse_method_spec, resolve_groups)
 from rkmeta_rl.utils import check_positive, get_device, mean_ci95, set_threads, write_json_atomic
 
 __all__ = ["MetaTrainConfig", "MetaProblem", "MetaTrainer", "NonFiniteError"]
@@ -47,7 +48,9 @@ class MetaTrainConfig:
     """Settings of a supervised meta-training run (defaults: the sinusoid benchmark, DESIGN.md section 4).
 
     Attributes:
-        method: RK method (tableau name or generic x > 0).
+        method: RK method (tableau name or generic x > 0), or per-parameter methods
+            ``"glob=method,..."`` (first match wins, e.g. ``"fc.*=midpoint,*=ralston"``).
+        adapt: parameters the inner loop moves (comma-separated globs; None: all; ANIL: ``"fc.*"``).
         iterations: meta-iterations (outer Adam steps).
         meta_batch_size: tasks per meta-iteration.
         inner_lr: MAML's inner rate alpha_MAML (see ``step_rule``).
@@ -71,6 +74,7 @@ class MetaTrainConfig:
     """
 
     method: str = "midpoint"
+    adapt: Optional[str] = None
     iterations: int = 70_000
     meta_batch_size: int = 25
     inner_lr: float = 0.01
@@ -94,7 +98,8 @@ class MetaTrainConfig:
 
     def validate(self) -> None:
         """Fail before any work with a message naming the bad setting."""
-        get_tableau(self.method)
+        parse_method_spec(self.method)
+        parse_adapt(self.adapt)
         check_positive("iterations", self.iterations, integer=True)
         check_positive("meta_batch_size", self.meta_batch_size, integer=True)
         check_positive("inner_lr", self.inner_lr)
@@ -117,8 +122,12 @@ class MetaTrainConfig:
 
     @property
     def adapt_lr(self) -> float:
-        """The method's own inner learning rate (used in training and at test time)."""
-        return get_tableau(self.method).inner_lr(self.inner_lr, self.step_rule)
+        """The method's own inner learning rate (used in training and at test time); one method for every
+        parameter only (per-parameter rates: :attr:`MetaTrainer.adapt_lr`)."""
+        tab = parse_method_spec(self.method)
+        if not hasattr(tab, "inner_lr") or self.adapt is not None:
+            raise ValueError("per-parameter methods or adapt= have per-parameter rates: use MetaTrainer.adapt_lr")
+        return tab.inner_lr(self.inner_lr, self.step_rule)
 
 
 class MetaProblem(Protocol):
@@ -140,7 +149,7 @@ class MetaProblem(Protocol):
     def metric_fn(self, params: Mapping[str, torch.Tensor], data: Any) -> dict[str, torch.Tensor]:
         """Scalar metrics of one task (query set)."""
 
-    def figure(self, params: Params, adapt_lr: float, steps: int, generator: torch.Generator,
+    def figure(self, params: Params, adapt_lr: StepSizes, steps: int, generator: torch.Generator,
                device: torch.device) -> Any:
         """A matplotlib figure for TensorBoard, or None."""
 
@@ -176,12 +185,16 @@ class MetaTrainer:
         self.config = config
         self.logdir = logdir
         self.device = get_device(config.device)
-        self.tableau = get_tableau(config.method)
+        self.method_spec = parse_method_spec(config.method)
         self.iteration = 0
         self.elapsed = 0.0
         self._compile = config.compile
         init_gen = torch.Generator().manual_seed(config.seed)
         self.params: Params = {k: v.to(self.device) for k, v in problem.init_params(init_gen, self.device).items()}
+        self.groups = resolve_groups(list(self.params), self.method_spec, config.adapt)
+        rates = self.groups.step_sizes(config.inner_lr, config.step_rule)
+        #: the inner step sizes, in training and at test time: one float, or ``{name: alpha_l}``
+        self.adapt_lr: StepSizes = rates if len(set(rates.values())) > 1 else next(iter(rates.values()))
         # every rank initialises from the same seed; the broadcast guards against any divergence
         broadcast_params(self.params, src=0)
         self._leaves = [p.requires_grad_(True) for p in self.params.values()]
@@ -225,7 +238,7 @@ class MetaTrainer:
 
     def _restore(self, state: Mapping[str, Any]) -> None:
         saved = state.get("config", {})
-        for key in ("method", "meta_batch_size", "inner_lr", "inner_steps", "step_rule", "first_order", "seed"):
+        for key in ("method", "adapt", "meta_batch_size", "inner_lr", "inner_steps", "step_rule", "first_order", "seed"):
             if key in saved and saved[key] != getattr(self.config, key):
                 raise ValueError(f"--resume: the checkpoint was trained with {key}={saved[key]!r}, "
                                  f"but this run asks for {getattr(self.config, key)!r}")
@@ -260,7 +273,7 @@ class MetaTrainer:
     # ------------------------------------------------------------------ one step
     def _meta_gradient(self, data: Any) -> tuple[Params, dict[str, float]]:
         c = self.config
-        kwargs = dict(method=self.tableau, inner_lr=c.inner_lr, inner_steps=c.inner_steps, step_rule=c.step_rule,
+        kwargs = dict(method=self.method_spec, adapt=c.adapt, inner_lr=c.inner_lr, inner_steps=c.inner_steps, step_rule=c.step_rule,
                       first_order=c.first_order, path=c.path)
         if self._compile:
             try:
@@ -279,7 +292,7 @@ class MetaTrainer:
         statistics are averaged over the ranks weighted by their task counts (one ``all_reduce``): the result
         is the mean over the whole meta-batch, and every rank takes the same Adam step."""
         c = self.config
-        data = self.problem.sample_tasks(self.local_batch_size, self.task_gen, self.tableau.stages, self.device)
+        data = self.problem.sample_tasks(self.local_batch_size, self.task_gen, self.groups.stages, self.device)
         grads, stats = self._meta_gradient(data)
         if self.dist.distributed:
             keys = sorted(k for k in stats if k != "num_tasks")
@@ -325,7 +338,7 @@ class MetaTrainer:
             if sl.stop > sl.start:
                 mine = data if world == 1 else _slice_tasks(data, sl)
                 res = adapt_and_score(self.params, self.problem.support_loss, self.problem.metric_fn, mine,
-                                      self.config.adapt_lr, steps, path=self.config.path)
+                                      self.adapt_lr, steps, path=self.config.path)
                 parts.append({k: v.detach().cpu().numpy() for k, v in res.items()})
             else:
                 parts.append(None)
@@ -377,7 +390,7 @@ class MetaTrainer:
                     if c.eval_interval and it % c.eval_interval == 0:
                         self._log_eval("eval", self.evaluate(c.eval_tasks, seed=c.seed + 10_000, split="val"))
                         fig = None if not self.is_main else self.problem.figure(
-                            self.params, c.adapt_lr, c.test_inner_steps,
+                            self.params, self.adapt_lr, c.test_inner_steps,
                             torch.Generator().manual_seed(c.seed + 20_000), self.device)
                         if fig is not None:
                             self.logger.record("eval/figure", Figure(fig, close=True), exclude=("stdout", "csv"))
@@ -418,8 +431,9 @@ class MetaTrainer:
     def write_metrics(self, extra: Mapping[str, Any]) -> dict[str, Any]:
         """Write ``<logdir>/metrics.json`` with the run's settings, ``seconds`` and ``extra``."""
         c = self.config
-        metrics = {"method": c.method, "iterations": self.iteration, "seconds": round(self.elapsed, 2),
-                   "meta_batch_size": c.meta_batch_size, "inner_lr": c.inner_lr, "adapt_lr": c.adapt_lr,
+        metrics = {"method": c.method, "adapt": c.adapt, "iterations": self.iteration,
+                   "seconds": round(self.elapsed, 2),
+                   "meta_batch_size": c.meta_batch_size, "inner_lr": c.inner_lr, "adapt_lr": self.adapt_lr,
                    "step_rule": c.step_rule, "first_order": c.first_order, "seed": c.seed,
                    "problem": self.problem.name, "stopped_by_time_budget": getattr(self, "stopped_by_budget", False)}
         metrics.update(extra)

@@ -491,3 +491,73 @@ def test_meta_trpo_adapt_uses_per_group_rates_and_errors() -> None:
         MetaTRPOStep(pol, {RL_HEAD: "rk4", "*": "rk4"})
     with pytest.raises(ValueError, match="adapt="):
         MetaTRPOStep(pol, "midpoint", adapt="head")
+
+
+# ---------------------------------------------------------------------------------------------- trainers
+
+import json  # noqa: E402
+import os  # noqa: E402
+
+import numpy as np  # noqa: E402
+from conftest import OMNIGLOT_ROOT  # noqa: E402
+from test_sinusoid_trainer import _script  # noqa: E402
+
+from rkmeta_rl.checkpoint import latest_checkpoint, load_checkpoint  # noqa: E402
+from rkmeta_rl.rl import MetaTRPO  # noqa: E402
+
+
+def test_sinusoid_script_with_per_layer_method_and_adapt(tmp_path) -> None:
+    args = ["--method", "w2|b2=midpoint,*=ralston", "--adapt", "w2,b2,w1", "--iterations", "3", "--eval-tasks", "6",
+            "--test-inner-steps", "2", "--no-compile", "--no-progress", "--logdir", str(tmp_path),
+            "--checkpoint-interval", "3", "--inner-lr", "0.01"]
+    m = _script("train_sinusoid").main(args)
+    rates = step_sizes(["w0", "b0", "w1", "b1", "w2", "b2"], "w2|b2=midpoint,*=ralston", 0.01, adapt="w2,b2,w1")
+    assert m["method"] == "w2|b2=midpoint,*=ralston" and m["adapt"] == "w2,b2,w1" and m["adapt_lr"] == rates
+    on_disk = json.load(open(tmp_path / "metrics.json"))
+    assert on_disk["adapt_lr"] == rates and on_disk["method"] == m["method"]
+    cfg = load_checkpoint(latest_checkpoint(str(tmp_path)))["config"]
+    assert cfg["method"] == "w2|b2=midpoint,*=ralston" and cfg["adapt"] == "w2,b2,w1"
+    with pytest.raises(ValueError, match="adapt"):
+        _script("train_sinusoid").main([*args[:2], "--adapt", "w2,b2", *args[4:], "--resume"])
+
+
+def test_trainer_evaluates_with_the_per_parameter_rates(tmp_path) -> None:
+    from rkmeta_rl.supervised.sinusoid_problem import SinusoidProblem
+    from rkmeta_rl.supervised.trainer import MetaTrainConfig, MetaTrainer
+
+    cfg = MetaTrainConfig(method="w2|b2=midpoint,*=heun", adapt="w2|b2", iterations=1, meta_batch_size=2,
+                          device="cpu", test_inner_steps=2, eval_interval=0, final_eval_tasks=3, inner_lr=0.05)
+    trainer = MetaTrainer(SinusoidProblem(), cfg)
+    assert trainer.adapt_lr == {"w0": 0.0, "b0": 0.0, "w1": 0.0, "b1": 0.0, "w2": 0.05, "b2": 0.05}
+    got = trainer.evaluate(3, seed=5, steps=2)["mse"]
+    data = SinusoidProblem().sample_tasks(3, torch.Generator().manual_seed(5), 2, torch.device("cpu"))
+    ref = adapt_and_score(trainer.params, trainer.problem.support_loss, trainer.problem.metric_fn, data,
+                          trainer.adapt_lr, 2)["mse"]
+    np.testing.assert_array_equal(got, ref.numpy())
+    with pytest.raises(ValueError, match="no pattern matches"):
+        MetaTrainer(SinusoidProblem(), MetaTrainConfig(method="w2|b2=midpoint", device="cpu"))
+
+
+@pytest.mark.skipif(not os.path.isdir(OMNIGLOT_ROOT), reason="real Omniglot not found")
+def test_fewshot_script_with_per_layer_method_and_anil(tmp_path) -> None:
+    m = _script("train_fewshot").main([
+        "--dataset", "omniglot", "--method", "fc.*=midpoint,*=ralston", "--adapt", "fc.*", "--data-root",
+        OMNIGLOT_ROOT, "--iterations", "2", "--meta-batch-size", "2", "--eval-interval", "0", "--queries", "1",
+        "--eval-tasks", "4", "--logdir", str(tmp_path), "--no-progress"])
+    assert m["method"] == "fc.*=midpoint,*=ralston" and m["adapt"] == "fc.*"
+    assert m["adapt_lr"]["fc.weight"] == pytest.approx(0.4) and m["adapt_lr"]["conv1.weight"] == 0.0
+
+
+def test_meta_trpo_with_a_method_mapping_and_adapt(tmp_path) -> None:
+    small = dict(meta_batch_size=3, fast_batch_size=4, policy_kwargs={"hidden_sizes": (16, 16)})
+    model = MetaTRPO(env="rkmeta/Navigation2D-v0", method={"w2|b2|log_std": "midpoint", "*": "ralston"},
+                     adapt=["w2", "b2", "log_std", "w1"], inner_lr=0.1, **small)
+    assert model.alpha == {"w0": 0.0, "b0": 0.0, "w1": 0.15, "b1": 0.0, "w2": 0.1, "b2": 0.1, "log_std": 0.1}
+    model.learn(1)
+    path = os.path.join(str(tmp_path), "model.pt")
+    model.save(path)
+    loaded = MetaTRPO.load(path)
+    assert loaded.tableau.name == "w2|b2|log_std=midpoint,*=ralston" and loaded.alpha == model.alpha
+    adapted = loaded.adapt({"goal": np.array([0.3, 0.3], np.float32)}, num_steps=1)
+    p0 = loaded.policy.params()
+    assert torch.equal(adapted["w0"], p0["w0"]) and not torch.equal(adapted["w2"], p0["w2"])

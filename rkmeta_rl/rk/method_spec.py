@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence, Union
 
 from .tableau import Tableau, TableauSpec, get_tableau
 
-__all__ = ["MethodSpec", "AdaptSpec", "MethodMap", "ParamGroups", "parse_method_spec", "method_name",
+__all__ = ["MethodSpec", "AdaptSpec", "MethodMap", "ParamGroups", "parse_method_spec", "method_name", "method_slug",
            "parse_adapt", "resolve_groups", "step_sizes", "matches"]
 
 #: A tableau spec, an ordered ``{pattern: tableau spec}`` mapping, or its string form.
@@ -56,6 +57,11 @@ class MethodMap:
     """A parsed per-parameter method mapping: ordered ``(pattern, tableau)`` rules, first match wins."""
 
     rules: tuple[tuple[str, Tableau], ...]
+
+    @property
+    def stages(self) -> int:
+        """The largest number of stages of the mapping's tableaus."""
+        return max(t.stages for _, t in self.rules)
 
     @property
     def name(self) -> str:
@@ -123,6 +129,17 @@ def method_name(spec: MethodSpec | MethodMap) -> str:
     """A canonical label for logs, checkpoints and ``metrics.json``: the tableau's name, or the mapping's
     ``"pattern=method,..."`` string."""
     return parse_method_spec(spec).name
+
+
+def method_slug(spec: MethodSpec | MethodMap, adapt: AdaptSpec = None) -> str:
+    """A file-name-safe label of a method spec and ``adapt`` (run folders): ``"fc.*=midpoint,*=ralston"`` ->
+    ``"fc.all-midpoint_all-ralston"``; a uniform method keeps its plain name (``"ralston"``)."""
+    label = method_name(spec)
+    pats = parse_adapt(adapt)
+    if pats is not None:
+        label += "_adapt-" + "+".join(pats)
+    label = label.replace("*", "all").replace("=", "-").replace(",", "_").replace("|", "+")
+    return re.sub(r"[^A-Za-z0-9_.()+-]", "", label)
 
 
 def parse_adapt(adapt: AdaptSpec) -> tuple[str, ...] | None:

@@ -32,7 +32,7 @@ from ..checkpoint import save_checkpoint
 from ..distributed import (DistInfo, all_gather_objects, all_reduce_mean, broadcast_params, current_dist,
                            rank_seed, split_batch)
 from ..envs.protocol import TaskFamilyError, validate_task_family
-from ..rk import TableauSpec, get_tableau
+from ..rk import AdaptSpec, MethodSpec, parse_adapt, parse_method_spec
 from .baseline import LinearFeatureBaseline
 from .episodes import Episodes
 from .meta_trpo import MetaTRPOStep, Reducer
@@ -107,7 +107,10 @@ class MetaTRPO:
             trajectory env stepped together, one policy forward per step). A family that is not built in is
             checked with :func:`check_task_family` first.
         method: RK tableau (one or two stages): ``euler``, ``midpoint`` (MAML), ``heun``, ``ralston``, ``itb``,
-            ``generic(x)`` or a number.
+            ``generic(x)`` or a number; or per-parameter methods over the policy's parameter names
+            (:mod:`rkmeta_rl.rl.policy`), ``{"w2|b2|log_std": "midpoint", "*": "ralston"}`` or that as a string
+            ``"w2|b2|log_std=midpoint,*=ralston"``.
+        adapt: the parameters the inner step moves (globs; default all; ANIL: ``"w2|b2|log_std"``).
         meta_batch_size: tasks per meta-iteration.
         fast_batch_size: trajectories per task for each of D0 and D1.
         inner_lr: MAML's inner learning rate (0.16: the seed paper's navigation setting). The method adapts
@@ -154,7 +157,7 @@ class MetaTRPO:
         self,
         policy: str = "MlpPolicy",
         env: str | gym.Env = "rkmeta/Navigation2D-v0",
-        method: TableauSpec = "ralston",
+        method: MethodSpec = "ralston",
         meta_batch_size: int = 40,
         fast_batch_size: int = 20,
         inner_lr: float = 0.16,
@@ -180,6 +183,7 @@ class MetaTRPO:
         num_workers: int = 1,
         check_env: bool = True,
         dist: DistInfo | None = None,
+        adapt: AdaptSpec = None,
     ) -> None:
         if policy != "MlpPolicy":
             raise ValueError(f"only 'MlpPolicy' is supported, got {policy!r}")
@@ -187,8 +191,10 @@ class MetaTRPO:
             check_task_family(env)
         self.env_id = env if isinstance(env, str) else (env.spec.id if env.spec is not None else None)
         self.env = gym.make(env, disable_env_checker=True) if isinstance(env, str) else env
-        self.method = get_tableau(method).name if not isinstance(method, (int, float)) else method
-        self.tableau = get_tableau(method)
+        #: the method: a Tableau, or a MethodMap of per-parameter methods (both have ``name`` and ``stages``)
+        self.tableau = parse_method_spec(method)
+        self.method = self.tableau.name if not isinstance(method, (int, float)) else method
+        adapt_patterns = parse_adapt(adapt)
         self.meta_batch_size = int(meta_batch_size)
         self.fast_batch_size = int(fast_batch_size)
         self.inner_lr = float(inner_lr)
@@ -215,6 +221,7 @@ class MetaTRPO:
             "policy_kwargs": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.policy_kwargs.items()},
             "verbose": self.verbose, "horizon": horizon, "normalize_advantages": self.normalize_advantages,
             "sampler": sampler, "num_workers": int(num_workers), **self._trpo_kwargs,
+            "adapt": None if adapt_patterns is None else list(adapt_patterns),
         }
 
         obs_dim = int(np.prod(self.env.observation_space.shape))
@@ -236,7 +243,8 @@ class MetaTRPO:
                                              horizon=horizon, device=self.device, seed=stream_seed,
                                              sampler=sampler, num_workers=num_workers)
         self.meta_step = MetaTRPOStep(self.policy, self.tableau, inner_lr=self.inner_lr, inner_steps=self.inner_steps,
-                                      step_rule=step_rule, first_order=self.first_order, **self._trpo_kwargs)
+                                      step_rule=step_rule, first_order=self.first_order, adapt=adapt_patterns,
+                                      **self._trpo_kwargs)
         self.baseline = LinearFeatureBaseline()
         self.num_iterations = 0
         self.num_timesteps = 0
@@ -244,8 +252,9 @@ class MetaTRPO:
 
     # ---- properties ---------------------------------------------------------------------------------
     @property
-    def alpha(self) -> float:
-        """The method's inner (test-time) learning rate."""
+    def alpha(self) -> float | dict[str, float]:
+        """The method's inner (test-time) learning rate: one float, or ``{name: alpha_l}`` for per-parameter
+        methods and ``adapt=``."""
         return self.meta_step.alpha
 
     @property

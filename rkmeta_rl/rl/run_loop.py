@@ -126,6 +126,7 @@ def run_summary(model: MetaTRPO, history: Sequence[Mapping[str, float]], elapsed
 
     return {
         "method": model.tableau.name, "iterations": model.num_iterations,
+        "adapt": None if model.meta_step.adapt_patterns is None else list(model.meta_step.adapt_patterns),
         "pre_return": mean_last("pre_return"), "post_return": mean_last("post_return"),
         "seconds": round(elapsed, 1), "seconds_per_iteration": round(elapsed / max(1, model.num_iterations), 3),
         "sample_seconds_per_iteration": round(mean_last("sample_seconds"), 3),
