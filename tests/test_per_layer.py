@@ -562,3 +562,59 @@ def test_meta_trpo_with_a_method_mapping_and_adapt(tmp_path) -> None:
     adapted = loaded.adapt({"goal": np.array([0.3, 0.3], np.float32)}, num_steps=1)
     p0 = loaded.policy.params()
     assert torch.equal(adapted["w0"], p0["w0"]) and not torch.equal(adapted["w2"], p0["w2"])
+
+
+# ---------------------------------------------------------------------------------------------- the study script
+
+
+def _study():
+    """scripts/per_layer_study.py as a module (registered, as its dataclasses need)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("per_layer_study", os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "per_layer_study.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["per_layer_study"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_study_statistics_and_resume_from_finished_runs(tmp_path) -> None:
+    study = _study()
+    assert study.t975(2) == 4.303 and study.t975(1) == 12.706 and study.t975(100) == 1.96
+    m, hw = study.mean_interval([1.0, 2.0, 3.0])
+    assert m == 2.0 and hw == pytest.approx(4.303 * 1.0 / 3 ** 0.5)
+    assert study.mean_interval([5.0]) == (5.0, None)
+    # finished runs are read, not rerun (no training happens here: every metrics.json exists)
+    for key, acc in (("midpoint", [0.9, 0.8]), ("anil", [0.7, 0.6])):
+        for seed, a in zip((0, 1), acc):
+            d = tmp_path / "runs" / "omniglot" / key / f"s{seed}"
+            d.mkdir(parents=True)
+            (d / "metrics.json").write_text(json.dumps({"accuracy": a}))
+    out = study.main(["--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"), "--seeds", "0", "1",
+                      "--benchmarks", "omniglot", "--variants", "midpoint", "anil", "--omniglot-root", str(tmp_path)])
+    assert out["omniglot"]["anil"]["values"] == [0.7, 0.6]
+    assert out["omniglot"]["midpoint"]["ci95"] == pytest.approx(12.706 * np.std([0.9, 0.8], ddof=1) / 2 ** 0.5)
+    md = (tmp_path / "docs" / "per_layer_study.md").read_text()
+    assert "| ANIL (midpoint, head adapted) | 0.65 ± " in md and (tmp_path / "docs" / "per_layer_study.png").is_file()
+    # the variants' flags: the head pattern per benchmark, ANIL's adapt as a comma list
+    anil = next(v for v in study.VARIANTS if v.key == "anil")
+    assert anil.flags("nav") == ["--method", "midpoint", "--adapt", "w2,b2,log_std"]
+    mixed = next(v for v in study.VARIANTS if v.key == "head-midpoint_body-euler")
+    assert mixed.flags("omniglot") == ["--method", "fc.*=midpoint,*=euler"]
+
+
+@pytest.mark.slow  # two real runs through the training scripts, about half a minute
+@pytest.mark.skipif(not os.path.isdir(OMNIGLOT_ROOT), reason="real Omniglot not found")
+def test_study_smoke(tmp_path) -> None:
+    study = _study()
+    args = ["--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"), "--seeds", "0", "--variants",
+            "head-midpoint_body-ralston", "--omniglot-iterations", "1", "--omniglot-meta-batch-size", "2",
+            "--omniglot-eval-tasks", "4", "--nav-iterations", "1", "--nav-meta-batch-size", "2",
+            "--nav-fast-batch-size", "2", "--omniglot-root", OMNIGLOT_ROOT]
+    out = study.main(args)
+    assert 0.0 <= out["omniglot"]["head-midpoint_body-ralston"]["mean"] <= 1.0
+    assert out["nav"]["head-midpoint_body-ralston"]["mean"] < 0.0
+    m = json.load(open(tmp_path / "runs" / "nav" / "head-midpoint_body-ralston" / "s0" / "metrics.json"))
+    assert m["method"] == "w2|b2|log_std=midpoint,*=ralston"
