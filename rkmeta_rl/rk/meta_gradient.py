@@ -12,6 +12,11 @@ and the meta-gradient is the mean of ``g_task`` over tasks. With two stages this
 times), ``g = a1 k1 + a2 k2``; ``midpoint`` is MAML's meta-gradient (Finn et al., 2017) and ``euler`` the
 gradient of the support loss.
 
+Per-parameter methods (``method={"head.*": "midpoint", "*": "ralston"}``) and ``adapt=`` (ANIL): parameter
+group ``l`` adapts with its own ``alpha_l`` (0 for groups left out, :mod:`rkmeta_rl.rk.method_spec`) through the
+one inner step :func:`rkmeta_rl.rk.inner_step`, and ``g_l = a1_l k1_l + a2_l k2_l`` with ``k2`` differentiated
+through every group's step. One method everywhere runs exactly the uniform program (one float per setting).
+
 Two paths:
 
 * ``"vmap"``: one ``torch.func.vmap`` over tasks of a nested ``torch.func.grad``: fastest for MLPs.
