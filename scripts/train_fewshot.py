@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
     d = setting_defaults(args.dataset, args.ways, args.shots)
     pick = lambda v, k: d[k] if v is None else v  # noqa: E731
     cfg = MetaTrainConfig(
-        method=args.method, adapt=args.adapt, iterations=args.iterations, meta_batch_size=pick(args.meta_batch_size, "meta_batch_size"),
+        method=args.method, adapt=args.adapt, iterations=args.iterations,
+        meta_batch_size=pick(args.meta_batch_size, "meta_batch_size"),
         inner_lr=pick(args.inner_lr, "inner_lr"), inner_steps=pick(args.inner_steps, "inner_steps"),
         test_inner_steps=pick(args.test_inner_steps, "test_inner_steps"), step_rule=args.step_rule,
         first_order=args.first_order, meta_lr=args.meta_lr, seed=args.seed, device=args.device, path=args.path,

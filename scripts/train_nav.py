@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _run(args: argparse.Namespace, dist: DistInfo) -> dict:
-    logdir = args.logdir or os.path.join("runs", f"nav-{method_slug(args.method, args.adapt)}-{args.config}-s{args.seed}")
+    slug = method_slug(args.method, args.adapt)
+    logdir = args.logdir or os.path.join("runs", f"nav-{slug}-{args.config}-s{args.seed}")
     try:
         model, iterations = build(args, dist)
     except (ValueError, RuntimeError) as err:

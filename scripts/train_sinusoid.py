@@ -34,8 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d = MetaTrainConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="midpoint",
-                   help=f"RK method: one of {', '.join(TABLEAU_NAMES)}, or generic(x) / a number x > 0; or per-parameter "
-                   "methods 'glob=method,...', first match wins (e.g. 'w2|b2=midpoint,*=ralston')")
+                   help=f"RK method: one of {', '.join(TABLEAU_NAMES)}, or generic(x) / a number x > 0; or "
+                   "per-parameter methods 'glob=method,...', first match wins (e.g. 'w2|b2=midpoint,*=ralston')")
     p.add_argument("--adapt", default=None,
                    help="parameters the inner loop moves: comma-separated globs (default all; ANIL: 'w2,b2')")
     p.add_argument("--iterations", type=int, default=d.iterations)

@@ -238,7 +238,8 @@ class MetaTrainer:
 
     def _restore(self, state: Mapping[str, Any]) -> None:
         saved = state.get("config", {})
-        for key in ("method", "adapt", "meta_batch_size", "inner_lr", "inner_steps", "step_rule", "first_order", "seed"):
+        for key in ("method", "adapt", "meta_batch_size", "inner_lr", "inner_steps", "step_rule", "first_order",
+                    "seed"):
             if key in saved and saved[key] != getattr(self.config, key):
                 raise ValueError(f"--resume: the checkpoint was trained with {key}={saved[key]!r}, "
                                  f"but this run asks for {getattr(self.config, key)!r}")
@@ -273,8 +274,8 @@ class MetaTrainer:
     # ------------------------------------------------------------------ one step
     def _meta_gradient(self, data: Any) -> tuple[Params, dict[str, float]]:
         c = self.config
-        kwargs = dict(method=self.method_spec, adapt=c.adapt, inner_lr=c.inner_lr, inner_steps=c.inner_steps, step_rule=c.step_rule,
-                      first_order=c.first_order, path=c.path)
+        kwargs = dict(method=self.method_spec, adapt=c.adapt, inner_lr=c.inner_lr, inner_steps=c.inner_steps,
+                      step_rule=c.step_rule, first_order=c.first_order, path=c.path)
         if self._compile:
             try:
                 return meta_gradient(self.params, self.problem.support_loss, self.problem.query_loss, data,

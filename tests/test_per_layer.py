@@ -11,11 +11,29 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_meta_gradient import (NUMEL, SHAPES, central_fd, flat, grad_flat, make_data, query_loss, support_loss,
-                                task, unflat)
+from test_meta_gradient import (
+    NUMEL,
+    SHAPES,
+    central_fd,
+    flat,
+    grad_flat,
+    make_data,
+    query_loss,
+    support_loss,
+    task,
+    unflat,
+)
 
-from rkmeta_rl.rk import (PerStage, adapt_and_score, get_tableau, meta_gradient, method_name, parse_method_spec,
-                          resolve_groups, step_sizes)
+from rkmeta_rl.rk import (
+    PerStage,
+    adapt_and_score,
+    get_tableau,
+    meta_gradient,
+    method_name,
+    parse_method_spec,
+    resolve_groups,
+    step_sizes,
+)
 from rkmeta_rl.rk.inner_step import inner_step
 
 DT = torch.float64
@@ -55,8 +73,8 @@ def hand_per_group(theta_v, data, A, a1, a2, steps=1, first_order=False):
     n = data["xs"].shape[0]
     for t in range(n):
         d = task(data, t)
-        ls = lambda v: support_loss(unflat(v), d)  # noqa: E731
-        lq = lambda v: query_loss(unflat(v), d)  # noqa: E731
+        ls = lambda v, d=d: support_loss(unflat(v), d)  # noqa: E731
+        lq = lambda v, d=d: query_loss(unflat(v), d)  # noqa: E731
         pts = [theta_v]
         for _ in range(steps):
             pts.append(pts[-1] - A * grad_flat(ls, pts[-1]))
@@ -106,11 +124,11 @@ def hand_anil(theta_v, data, alpha):
     total = torch.zeros_like(theta_v)
     for t in range(data["xs"].shape[0]):
         d = task(data, t)
-        ls = lambda v: support_loss(unflat(v), d)  # noqa: E731
+        ls = lambda v, d=d: support_loss(unflat(v), d)  # noqa: E731
         g_s = grad_flat(ls, theta_v)
         post = theta_v.clone()
         post[head] = theta_v[head] - alpha * g_s[head]
-        g_q = grad_flat(lambda v: query_loss(unflat(v), d), post)
+        g_q = grad_flat(lambda v, d=d: query_loss(unflat(v), d), post)
         H = torch.autograd.functional.hessian(ls, theta_v)
         total += g_q - alpha * H[:, head] @ g_q[head]
     return total / data["xs"].shape[0]
@@ -260,7 +278,7 @@ def test_adapt_and_score_with_per_parameter_rates(theta, path) -> None:
         v = theta.clone()
         for s in range(3):
             assert float(out["mse"][t, s]) == pytest.approx(float(query_loss(unflat(v), d)), rel=1e-12)
-            v = v - A * grad_flat(lambda u: support_loss(unflat(u), d), v)
+            v = v - A * grad_flat(lambda u, d=d: support_loss(unflat(u), d), v)
 
 
 def test_inner_step_primitive() -> None:
@@ -513,7 +531,7 @@ def test_sinusoid_script_with_per_layer_method_and_adapt(tmp_path) -> None:
     m = _script("train_sinusoid").main(args)
     rates = step_sizes(["w0", "b0", "w1", "b1", "w2", "b2"], "w2|b2=midpoint,*=ralston", 0.01, adapt="w2,b2,w1")
     assert m["method"] == "w2|b2=midpoint,*=ralston" and m["adapt"] == "w2,b2,w1" and m["adapt_lr"] == rates
-    on_disk = json.load(open(tmp_path / "metrics.json"))
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["adapt_lr"] == rates and on_disk["method"] == m["method"]
     cfg = load_checkpoint(latest_checkpoint(str(tmp_path)))["config"]
     assert cfg["method"] == "w2|b2=midpoint,*=ralston" and cfg["adapt"] == "w2,b2,w1"
@@ -616,5 +634,5 @@ def test_study_smoke(tmp_path) -> None:
     out = study.main(args)
     assert 0.0 <= out["omniglot"]["head-midpoint_body-ralston"]["mean"] <= 1.0
     assert out["nav"]["head-midpoint_body-ralston"]["mean"] < 0.0
-    m = json.load(open(tmp_path / "runs" / "nav" / "head-midpoint_body-ralston" / "s0" / "metrics.json"))
+    m = json.loads((tmp_path / "runs" / "nav" / "head-midpoint_body-ralston" / "s0" / "metrics.json").read_text())
     assert m["method"] == "w2|b2|log_std=midpoint,*=ralston"

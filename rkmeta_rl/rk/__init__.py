@@ -3,8 +3,18 @@
 from .adaptation import adapt_and_score
 from .inner_step import StepSizes, inner_step
 from .meta_gradient import LossFn, Params, PerStage, adapt, choose_path, meta_gradient
-from .method_spec import (AdaptSpec, MethodMap, MethodSpec, ParamGroups, method_name, method_slug, parse_adapt,
-                          parse_method_spec, resolve_groups, step_sizes)
+from .method_spec import (
+                          AdaptSpec,
+                          MethodMap,
+                          MethodSpec,
+                          ParamGroups,
+                          method_name,
+                          method_slug,
+                          parse_adapt,
+                          parse_method_spec,
+                          resolve_groups,
+                          step_sizes,
+)
 from .tableau import PAPER_METHODS, TABLEAU_NAMES, Tableau, TableauSpec, generic, get_tableau, make_tableau
 
 __all__ = [

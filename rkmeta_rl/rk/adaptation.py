@@ -71,5 +71,5 @@ def adapt_and_score(
     n = leaves[0].shape[0]
     per: list[dict[str, torch.Tensor]] = []
     for t in range(n):
-        per.append({k: v.detach() for k, v in one_task(theta, tree_map(lambda x: x[t], task_data)).items()})
+        per.append({k: v.detach() for k, v in one_task(theta, tree_map(lambda x, t=t: x[t], task_data)).items()})
     return {k: torch.stack([p[k] for p in per]) for k in per[0]}

@@ -11,14 +11,14 @@ whose ``alpha_l`` is exactly 0 is returned unchanged (the same tensor object, no
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence, Union
+from typing import Mapping, Sequence
 
 import torch
 
 __all__ = ["StepSizes", "inner_step", "uniform_step"]
 
 #: One step size for every parameter, or one per parameter name.
-StepSizes = Union[float, Mapping[str, float]]
+StepSizes = float | Mapping[str, float]
 
 
 def uniform_step(step_sizes: StepSizes) -> float | None:

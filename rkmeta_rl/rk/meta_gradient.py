@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping, Union
+from typing import Any, Callable, Literal, Mapping
 
 import torch
 from torch.func import grad, grad_and_value, vmap
@@ -71,7 +71,7 @@ class _Frozen(dict):
 
 
 #: a per-parameter float: one float for every parameter, or ``{name: float}``
-_PerParam = Union[float, _Frozen]
+_PerParam = float | _Frozen
 
 
 def _collapse(values: Mapping[str, float]) -> _PerParam:

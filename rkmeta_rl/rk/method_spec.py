@@ -34,7 +34,7 @@ import fnmatch
 import math
 import re
 from dataclasses import dataclass
-from typing import Mapping, Sequence, Union
+from typing import Mapping, Sequence
 
 from .tableau import Tableau, TableauSpec, get_tableau
 
@@ -42,9 +42,9 @@ __all__ = ["MethodSpec", "AdaptSpec", "MethodMap", "ParamGroups", "parse_method_
            "parse_adapt", "resolve_groups", "step_sizes", "matches"]
 
 #: A tableau spec, an ordered ``{pattern: tableau spec}`` mapping, or its string form.
-MethodSpec = Union[TableauSpec, Mapping[str, TableauSpec]]
+MethodSpec = TableauSpec | Mapping[str, TableauSpec]
 #: ``None`` (every parameter), a pattern, a comma-separated string of patterns or a list of patterns.
-AdaptSpec = Union[None, str, Sequence[str]]
+AdaptSpec = str | Sequence[str] | None
 
 
 def matches(pattern: str, name: str) -> bool:

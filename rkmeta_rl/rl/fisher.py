@@ -11,9 +11,10 @@ At ``theta = theta_old`` the Hessian of ``KL(theta)`` (see :mod:`rkmeta_rl.rl.me
   ``theta`` / on D1 at ``theta'_T``. With the mean ``mu(s)`` and a state-independent ``log_std``, it is
   ``J_mu^T diag(m / M / sigma^2) J_mu`` on the mean network's parameters plus ``2 (sum m / M) I`` on ``log_std``
   (``m`` the live mask, ``M = max(sum m, 1)``), with no cross term: the Gauss-Newton product.
-* ``J_T = d theta'_T / d theta``: the chain of ``I - A H_k`` over the inner steps (transpose ``I - H_k A``), ``H_k`` the Hessian of task
-  ``T``'s REINFORCE loss on step ``k``'s batch at the old ``k``-th inner point (``I`` for ``first_order``). The
-  term with ``d2 theta' / d theta2`` is multiplied by ``d KL1 / d theta' = 0`` at ``theta_old`` and drops out.
+* ``J_T = d theta'_T / d theta``: the chain of ``I - A H_k`` over the inner steps (transpose ``I - H_k A``),
+  ``H_k`` the Hessian of task ``T``'s REINFORCE loss on step ``k``'s batch at the old ``k``-th inner point (``I``
+  for ``first_order``). The term with ``d2 theta' / d theta2`` is multiplied by ``d KL1 / d theta' = 0`` at
+  ``theta_old`` and drops out.
 
 The mean network's Jacobian-vector, vector-Jacobian and the REINFORCE loss's Hessian-vector products
 (Pearlmutter's R-operator) are written out by hand for the MLP of :class:`~rkmeta_rl.rl.policy.GaussianMLPPolicy`

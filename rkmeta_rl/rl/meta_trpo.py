@@ -33,8 +33,8 @@ from ..rk import AdaptSpec, MethodMap, MethodSpec, Tableau, inner_step, method_n
 from ..rk.inner_step import StepSizes
 from .episodes import FlatBatch
 from .fisher import GaussNewtonFVP, MLPCache, supports_gauss_newton
-from .stage_weights import scale, scaled_point, stage_weights
 from .policy import GaussianMLPPolicy, Params, gaussian_kl, gaussian_log_prob, per_task
+from .stage_weights import scale, scaled_point, stage_weights
 from .trpo import TRPOStats, flatten, trpo_update, unflatten
 
 __all__ = ["MetaTRPOStep", "Prepared", "Reducer", "reinforce_loss", "surrogate_loss", "kl_to"]
@@ -310,10 +310,11 @@ class MetaTRPOStep:
 
         At ``theta_old`` every ratio ``pi / pi_old`` is 1, so the gradient of ``surr(pi; D)`` is that of the
         REINFORCE loss on ``D``, and ``grad J = mean_T [a1 W1 grad L_S(theta; D0) + a2 W2 J^T grad L_S(theta'; D1)]``
-        with ``J^T`` the inner steps' ``I - H alpha`` in reverse (``W_i = 1`` for one method everywhere). The forward passes, the D0 and D1 cotangents and
-        the inner steps' Hessian-vector caches are those of the Fisher-vector product (:mod:`rkmeta_rl.rl.fisher`),
-        shared when ``fvp_subsample`` is 1. The old quantities equal :meth:`objective`'s (the forward passes are
-        the same operations; the inner gradients agree to rounding).
+        with ``J^T`` the inner steps' ``I - H alpha`` in reverse (``W_i = 1`` for one method everywhere). The
+        forward passes, the D0 and D1 cotangents and the inner steps' Hessian-vector caches are those of the
+        Fisher-vector product (:mod:`rkmeta_rl.rl.fisher`), shared when ``fvp_subsample`` is 1. The old
+        quantities equal :meth:`objective`'s (the forward passes are the same operations; the inner gradients agree
+        to rounding).
         """
         d0 = train[0]
         n_tasks = d0.num_tasks

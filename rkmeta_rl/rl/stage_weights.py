@@ -28,7 +28,7 @@ line search all apply to ``(J_D, KL_D)`` unchanged. With one method for every pa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Union
+from typing import Mapping
 
 import torch
 
@@ -37,7 +37,7 @@ from ..rk.method_spec import ParamGroups
 __all__ = ["PerParam", "StageWeights", "stage_weights", "scaled_point", "scale"]
 
 #: one float for every parameter, or ``{name: float}``
-PerParam = Union[float, Mapping[str, float]]
+PerParam = float | Mapping[str, float]
 
 
 def _collapse(values: Mapping[str, float]) -> PerParam:
