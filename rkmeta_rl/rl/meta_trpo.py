@@ -16,6 +16,10 @@ product (the Hessian-vector product of ``KL`` at ``theta_old``) include the inne
 ``J`` and ``KL`` are those of plain TRPO on the pre-adaptation policy, and nothing is adapted. ``midpoint``
 (``a = (0, 1)``) is MAML-TRPO exactly.
 
+Per-parameter methods and ``adapt=`` (:mod:`rkmeta_rl.rk.method_spec`): the inner step moves group ``l`` by its own
+``alpha_l``, and ``J``, ``KL`` become the per-group forms of :mod:`rkmeta_rl.rl.stage_weights` (stage ``i`` at
+``theta_old + W_i (theta - theta_old)``), whose gradient is the per-group RK gradient and whose Hessian is symmetric.
+
 All tasks are processed at once: shared parameters are expanded to per-task views ``[T, ...]``, the per-task
 inner gradients are the gradient of the sum of per-task losses w.r.t. those views, and every forward pass is one
 batched matmul per layer over ``[T, N, ...]`` (``N = H x B`` steps per task).
