@@ -137,12 +137,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _run(args: argparse.Namespace, dist: DistInfo) -> dict:
-    slug = method_slug(args.method, args.adapt)
-    logdir = args.logdir or os.path.join("runs", f"nav-{slug}-{args.config}-s{args.seed}")
     try:
         model, iterations = build(args, dist)
+        slug = method_slug(args.method, args.adapt)
     except (ValueError, RuntimeError) as err:
         sys.exit(f"error: {err}")
+    logdir = args.logdir or os.path.join("runs", f"nav-{slug}-{args.config}-s{args.seed}")
     history: list[dict[str, float]] = []
     elapsed = 0.0
     if args.resume:
