@@ -327,6 +327,8 @@ def test_bad_mappings_give_clear_errors(theta) -> None:
         mg("midpoint", adapt="")
     with pytest.raises(ValueError, match=r"adapt='head\.\*' matches no parameter"):
         mg("midpoint", adapt="head.*")
+    with pytest.raises(ValueError, match=r"adapt: pattern\(s\) \['haed'\] match no parameter"):
+        mg("midpoint", adapt=["w2", "haed"])
     with pytest.raises(ValueError, match="same tableau for every parameter"):
         meta_gradient(p, support_loss, query_loss, PerStage([data] * 4), {HEAD: "rk4", "*": "midpoint"}, 0.1)
     with pytest.raises(ValueError, match="parameter 'steps' must be a floating-point tensor"):

@@ -230,7 +230,7 @@ def resolve_groups(names: Sequence[str], method: MethodSpec | MethodMap, adapt: 
 
     Raises:
         ValueError: a parameter no pattern matches (listing them), a pattern that is no parameter's first
-            match, an empty ``adapt``, or an ``adapt`` that matches no parameter.
+            match, an empty ``adapt``, or an ``adapt`` pattern that matches no parameter.
     """
     names = tuple(names)
     if not names:
@@ -262,6 +262,9 @@ def resolve_groups(names: Sequence[str], method: MethodSpec | MethodMap, adapt: 
         flags = tuple(any(matches(p, n) for p in pats) for n in names)
         if not any(flags):
             raise ValueError(f"adapt={adapt!r} matches no parameter (parameters: {list(names)})")
+        dead = [p for p in pats if not any(matches(p, n) for n in names)]
+        if dead:
+            raise ValueError(f"adapt: pattern(s) {dead} match no parameter (parameters: {list(names)})")
     return ParamGroups(names, tabs, flags)
 
 
