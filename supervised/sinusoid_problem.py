@@ -9,8 +9,14 @@ from torch.func import grad
 
 from rkmeta_rl.rk import Params, StepSizes, inner_step
 
-from .sinusoid import (SinusoidTasks, init_sinusoid_model, sinusoid_mse_metric, sinusoid_predict,
-                       sinusoid_query_loss, sinusoid_support_loss)
+from .sinusoid import (
+    SinusoidTasks,
+    init_sinusoid_model,
+    sinusoid_mse_metric,
+    sinusoid_predict,
+    sinusoid_query_loss,
+    sinusoid_support_loss,
+)
 
 __all__ = ["SinusoidProblem"]
 
