@@ -49,7 +49,7 @@ def main() -> None:
     trainers = {"vectorized": make("vmap", True, args.method), "vectorized_eager": make("vmap", False, args.method),
                 "loop": make("loop", False, args.method)}
     t0 = time.perf_counter()
-    for name, tr in trainers.items():  # warm-up (the compiled path compiles here)
+    for tr in trainers.values():  # warm-up (the compiled path compiles here)
         block(tr, 20)
     compile_s = time.perf_counter() - t0
     rates: dict[str, list[float]] = {k: [] for k in trainers}

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad
 
-from rkmeta_rl.rk import Params
+from rkmeta_rl.rk import Params, StepSizes, inner_step
 
 from .class_split import ClassSplit
 from .conv4 import Pool, accuracy, conv4_forward, conv4_losses, init_conv4
@@ -78,7 +78,7 @@ class FewShotProblem:
         logits = conv4_forward(params, data["xq"], pool=self.pool)
         return {"acc": accuracy(logits, data["yq"]), "loss": F.cross_entropy(logits, data["yq"])}
 
-    def figure(self, params: Params, adapt_lr: float, steps: int, generator: torch.Generator,
+    def figure(self, params: Params, adapt_lr: StepSizes, steps: int, generator: torch.Generator,
                device: torch.device, max_query: int = 20) -> Any:
         """One episode: support images with their labels, query images with the adapted model's predictions
         (green when right, red when wrong)."""
@@ -91,7 +91,7 @@ class FewShotProblem:
         cur = {k: v.detach() for k, v in params.items()}
         for _ in range(steps):
             g = grad(self.support_loss)(cur, data)
-            cur = {k: cur[k] - adapt_lr * g[k] for k in cur}
+            cur = inner_step(cur, g, adapt_lr)
         with torch.no_grad():
             pred = conv4_forward(cur, data["xq"], pool=self.pool).argmax(-1)
         ns, nq = data["xs"].shape[0], min(max_query, data["xq"].shape[0])

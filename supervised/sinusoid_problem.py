@@ -7,10 +7,16 @@ from typing import Any, Mapping
 import torch
 from torch.func import grad
 
-from rkmeta_rl.rk import Params
+from rkmeta_rl.rk import Params, StepSizes, inner_step
 
-from .sinusoid import (SinusoidTasks, init_sinusoid_model, sinusoid_mse_metric, sinusoid_predict,
-                       sinusoid_query_loss, sinusoid_support_loss)
+from .sinusoid import (
+    SinusoidTasks,
+    init_sinusoid_model,
+    sinusoid_mse_metric,
+    sinusoid_predict,
+    sinusoid_query_loss,
+    sinusoid_support_loss,
+)
 
 __all__ = ["SinusoidProblem"]
 
@@ -37,7 +43,7 @@ class SinusoidProblem:
     def metric_fn(self, params: Mapping[str, torch.Tensor], data: Any) -> dict[str, torch.Tensor]:
         return sinusoid_mse_metric(params, data)
 
-    def figure(self, params: Params, adapt_lr: float, steps: int, generator: torch.Generator,
+    def figure(self, params: Params, adapt_lr: StepSizes, steps: int, generator: torch.Generator,
                device: torch.device, num_tasks: int = 4) -> Any:
         """True curves, support points and predictions before and after 1 and ``steps`` adaptation steps."""
         import matplotlib
@@ -59,7 +65,7 @@ class SinusoidProblem:
                 ax.plot(xs_plot[:, 0].cpu(), sinusoid_predict(cur, xs_plot)[:, 0].cpu(), ":", label="pre-update")
             for s in range(1, steps + 1):
                 g = grad(sinusoid_support_loss)(cur, d)
-                cur = {k: cur[k] - adapt_lr * g[k] for k in cur}
+                cur = inner_step(cur, g, adapt_lr)
                 if s in (1, steps):
                     with torch.no_grad():
                         ax.plot(xs_plot[:, 0].cpu(), sinusoid_predict(cur, xs_plot)[:, 0].cpu(), "--",

@@ -16,7 +16,6 @@ every rank's task-stream state, so ``--resume`` with the same number of processe
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from typing import Any, Mapping, Protocol
 
@@ -35,7 +34,8 @@ from rkmeta_rl.distributed import (
     split_batch,
 )
 from rkmeta_rl.errors import ConfigMismatchError, NonFiniteError
-from rkmeta_rl.rk import LossFn, Params, PerStage, adapt_and_score, get_tableau, meta_gradient
+from rkmeta_rl.rk import (LossFn, Params, PerStage, StepSizes, adapt_and_score, meta_gradient, parse_method_spec,
+                          resolve_groups)
 from rkmeta_rl.utils import mean_ci95
 
 from .config import FewShotConfig, MetaTrainConfig
@@ -62,18 +62,9 @@ class MetaProblem(Protocol):
     def metric_fn(self, params: Mapping[str, torch.Tensor], data: Any) -> dict[str, torch.Tensor]:
         """Scalar metrics of one task (query set)."""
 
-    def figure(self, params: Params, adapt_lr: float, steps: int, generator: torch.Generator,
+    def figure(self, params: Params, adapt_lr: StepSizes, steps: int, generator: torch.Generator,
                device: torch.device) -> Any:
         """A matplotlib figure for TensorBoard, or None."""
-
-
-def _engine_kwargs(fn: Any, adapt: str | None) -> dict[str, Any]:
-    """``{"adapt": adapt}`` when set and the engine function accepts it (parameter selection), else ``{}``."""
-    if adapt is None:
-        return {}
-    if "adapt" not in inspect.signature(fn).parameters:
-        raise ValueError(f"adapt={adapt!r}: this engine version cannot restrict the inner loop to some parameters")
-    return {"adapt": adapt}
 
 
 class MetaTrainer(BaseMetaAlgorithm):
@@ -98,16 +89,20 @@ class MetaTrainer(BaseMetaAlgorithm):
         c = self.config
         #: tasks this rank draws per meta-iteration (the whole meta-batch without data parallelism)
         self.local_batch_size = split_batch(c.meta_batch_size, self.dist.rank, self.dist.world_size)
-        self.tableau = get_tableau(c.method)
+        #: the method: a Tableau, or a MethodMap of per-parameter methods (both have ``name`` and ``stages``)
+        self.method_spec = parse_method_spec(c.method)
         self._compile = c.compile
-        for fn in (meta_gradient, adapt_and_score):  # the engine must support parameter selection, before work
-            _engine_kwargs(fn, c.adapt)
         init_gen = torch.Generator().manual_seed(c.seed)
         self.params: Params = {k: v.to(self.device)
                                for k, v in self.problem.init_params(init_gen, self.device).items()}
         # every rank initialises from the same seed; the broadcast guards against any divergence
         broadcast_params(self.params, src=0)
         self._leaves = [p.requires_grad_(True) for p in self.params.values()]
+        #: which parameters follow which method, and which the inner loop moves (names checked here, before work)
+        self.groups = resolve_groups(list(self.params), self.method_spec, c.adapt)
+        rates = self.groups.step_sizes(c.inner_lr, c.step_rule)
+        #: the inner step sizes, in training and at test time: one float, or ``{name: alpha_l}``
+        self.adapt_lr: StepSizes = rates if len(set(rates.values())) > 1 else next(iter(rates.values()))
         self.optimizer = torch.optim.Adam(self._leaves, lr=c.meta_lr)
         # the task stream has its own generator so evaluation never perturbs training (exact resume); each
         # rank has its own stream (rank 0's is the one-process stream)
@@ -163,8 +158,8 @@ class MetaTrainer(BaseMetaAlgorithm):
     # ------------------------------------------------------------------ one step
     def _meta_gradient(self, data: Any) -> tuple[Params, dict[str, float]]:
         c = self.config
-        kwargs = dict(method=self.tableau, inner_lr=c.inner_lr, inner_steps=c.inner_steps, step_rule=c.step_rule,
-                      first_order=c.first_order, path=c.path, **_engine_kwargs(meta_gradient, c.adapt))
+        kwargs = dict(method=self.method_spec, adapt=c.adapt, inner_lr=c.inner_lr, inner_steps=c.inner_steps,
+                      step_rule=c.step_rule, first_order=c.first_order, path=c.path)
         if self._compile:
             try:
                 return meta_gradient(self.params, self.problem.support_loss, self.problem.query_loss, data,
@@ -184,7 +179,7 @@ class MetaTrainer(BaseMetaAlgorithm):
         (one ``all_reduce``): the result is the mean over the whole meta-batch, and every rank takes the same
         Adam step."""
         c = self.config
-        data = self.problem.sample_tasks(self.local_batch_size, self.task_gen, self.tableau.stages, self.device)
+        data = self.problem.sample_tasks(self.local_batch_size, self.task_gen, self.groups.stages, self.device)
         grads, stats = self._meta_gradient(data)
         if self.dist.distributed:
             keys = sorted(k for k in stats if k != "num_tasks")
@@ -231,8 +226,7 @@ class MetaTrainer(BaseMetaAlgorithm):
             if sl.stop > sl.start:
                 mine = data if world == 1 else _slice_tasks(data, sl)
                 res = adapt_and_score(self.params, self.problem.support_loss, self.problem.metric_fn, mine,
-                                      self.config.adapt_lr, steps, path=self.config.path,
-                                      **_engine_kwargs(adapt_and_score, self.config.adapt))
+                                      self.adapt_lr, steps, path=self.config.path)
                 parts.append({k: v.detach().cpu().numpy() for k, v in res.items()})
             else:
                 parts.append(None)
@@ -252,7 +246,7 @@ class MetaTrainer(BaseMetaAlgorithm):
     def figure(self) -> Any:
         """The problem's figure of a few tasks before and after adaptation (a fixed task stream)."""
         c = self.config
-        return self.problem.figure(self.params, c.adapt_lr, c.test_inner_steps,
+        return self.problem.figure(self.params, self.adapt_lr, c.test_inner_steps,
                                    torch.Generator().manual_seed(c.seed + 20_000), self.device)
 
     def _log_extra(self, iteration: int) -> None:
@@ -284,7 +278,8 @@ class MetaTrainer(BaseMetaAlgorithm):
         """End the run (:meth:`finish`): ``metrics.json`` with the run's settings, ``seconds`` and ``extra``."""
         c = self.config
         metrics = {"method": c.method, "iterations": self.num_iterations, "seconds": round(self.elapsed, 2),
-                   "meta_batch_size": c.meta_batch_size, "inner_lr": c.inner_lr, "adapt_lr": c.adapt_lr,
+                   "meta_batch_size": c.meta_batch_size, "inner_lr": c.inner_lr, "adapt_lr": self.adapt_lr,
+                   "adapt": c.adapt,
                    "step_rule": c.step_rule, "first_order": c.first_order, "seed": c.seed,
                    "problem": self.problem.name, "stopped_by_time_budget": self.stopped_by == "time_budget"}
         metrics.update(extra)

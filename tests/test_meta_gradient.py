@@ -83,8 +83,8 @@ def hand_rk2(theta_v, data, a1, a2, alpha, steps, first_order=False):
     n = data["xs"].shape[0]
     for t in range(n):
         d = task(data, t)
-        ls = lambda v: support_loss(unflat(v), d)  # noqa: E731
-        lq = lambda v: query_loss(unflat(v), d)  # noqa: E731
+        ls = lambda v, d=d: support_loss(unflat(v), d)  # noqa: E731
+        lq = lambda v, d=d: query_loss(unflat(v), d)  # noqa: E731
         pts = [theta_v]
         for _ in range(steps):
             pts.append(pts[-1] - alpha * grad_flat(ls, pts[-1]))
@@ -124,7 +124,8 @@ def test_midpoint_is_maml(theta, path, steps) -> None:
 @pytest.mark.parametrize("path", PATHS)
 def test_euler_is_support_gradient(theta, path) -> None:
     data = make_data(3)
-    ref = torch.stack([grad_flat(lambda v: support_loss(unflat(v), task(data, t)), theta) for t in range(3)]).mean(0)
+    ref = torch.stack([grad_flat(lambda v, t=t: support_loss(unflat(v), task(data, t)), theta)
+                       for t in range(3)]).mean(0)
     got, _ = engine(theta, data, "euler", 0.1, path)
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-14)
 
@@ -263,7 +264,7 @@ def test_adapt_and_score(theta, path) -> None:
         v = theta.clone()
         for s in range(4):
             assert float(out["mse"][t, s]) == pytest.approx(float(query_loss(unflat(v), d)), rel=1e-12)
-            v = v - 0.1 * grad_flat(lambda u: support_loss(unflat(u), d), v)
+            v = v - 0.1 * grad_flat(lambda u, d=d: support_loss(unflat(u), d), v)
 
 
 def test_compiled_equals_eager() -> None:
@@ -287,6 +288,6 @@ def test_post_adaptation_stats_of_a_four_stage_method(theta, path) -> None:
     ref = []
     for t in range(3):
         d0, d1 = task(ps[0], t), task(ps[1], t)
-        post = theta - alpha * grad_flat(lambda u: support_loss(unflat(u), d0), theta)
+        post = theta - alpha * grad_flat(lambda u, d0=d0: support_loss(unflat(u), d0), theta)
         ref.append(float(query_loss(unflat(post), d1)))
     assert stats["query_loss_post"] == pytest.approx(sum(ref) / 3, rel=1e-12)

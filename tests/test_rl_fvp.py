@@ -33,6 +33,7 @@ def _policy(activation: str) -> GaussianMLPPolicy:
                              generator=torch.Generator().manual_seed(3))
 
 
+MIXED = "w2|b2|log_std=midpoint,w1|b1=heun,*=ralston"
 CASES = [
     ("midpoint", {}),
     ("ralston", {}),
@@ -46,6 +47,13 @@ CASES = [
     ("ralston", {"fvp_subsample": 0.5}),
     ("heun", {"inner_steps": 2, "fvp_subsample": 0.5}),
     ("euler", {"fvp_subsample": 0.5}),
+    # per-parameter methods (rkmeta_rl.rl.stage_weights): head midpoint, body ralston / euler; ANIL
+    (MIXED, {}),
+    (MIXED, {"inner_steps": 2}),
+    (MIXED, {"first_order": True}),
+    (MIXED, {"fvp_subsample": 0.5, "adapt": "w2|b2|log_std|w0"}),
+    ("w2|b2|log_std=midpoint,*=euler", {}),
+    ("heun", {"adapt": "w2|b2|log_std", "inner_steps": 2}),
 ]
 
 

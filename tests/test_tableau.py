@@ -1,5 +1,6 @@
 """Butcher tableaus: the named members, the generic family, and validation errors."""
 
+import dataclasses
 import math
 
 import pytest
@@ -86,5 +87,5 @@ def test_invalid_tableaus() -> None:
 
 def test_tableau_is_frozen() -> None:
     t = get_tableau("heun")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         t.a = (1.0, 0.0)  # type: ignore[misc]

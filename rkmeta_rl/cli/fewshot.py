@@ -18,11 +18,10 @@ episodes and writes ``metrics.json`` (accuracy, 95% CI), printed as the last lin
 from __future__ import annotations
 
 import argparse
-import inspect
-import os
 import time
 from typing import Any
 
+from ..rk import method_slug
 from ..distributed import DistInfo
 from ..presets import FEWSHOT_PROTOCOLS, fewshot_preset
 from ..supervised.config import FewShotConfig
@@ -33,17 +32,17 @@ from .supervised import finish_supervised, make_supervised_parser
 
 __all__ = ["main", "parse_args", "build_problem"]
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_OMNIGLOT = os.environ.get("RKMETA_OMNIGLOT", os.path.join(_REPO, "..", "shared", "data", "omniglot"))
-
 
 def _parser() -> tuple[argparse.ArgumentParser, list[str]]:
     p, fields = make_supervised_parser(__doc__, FewShotConfig, FEWSHOT_PROTOCOLS, "maml",
                                        fewshot_preset("maml", "omniglot", 5, 1), "maml --dataset omniglot --ways 5 "
                                        "--shots 1; other settings: rkmeta_rl.presets")
     g = p.add_argument_group("data")
-    g.add_argument("--data-root", default=None, help="dataset folder (Omniglot default: $RKMETA_OMNIGLOT or "
-                   "../shared/data/omniglot beside the repository)")
+    g.add_argument("--data-root", default=None, help="dataset folder (Omniglot default: the data root, "
+                   "$RKMETA_DATA or ~/.cache/rkmeta_rl/data; see docs/data.md)")
+    g.add_argument("--download", action="store_true",
+                   help="download Omniglot into the data root first when it is missing (checksums verified)")
+    g.add_argument("--url-base", default=None, help="mirror of the Omniglot archives for --download")
     g.add_argument("--cache-dir", default=None, help="preprocessed-array cache (default ~/.cache/rkmeta_rl)")
     return p, fields
 
@@ -60,22 +59,21 @@ def _config(args: argparse.Namespace) -> FewShotConfig:
     return config
 
 
-def _accepts(fn: Any, name: str) -> bool:
-    return name in inspect.signature(fn).parameters
-
-
 def build_problem(args: argparse.Namespace, c: FewShotConfig) -> Any:
     """Load the dataset's splits and build the few-shot problem of ``c``."""
     from ..supervised.fewshot_problem import FewShotProblem
+    from ..supervised.image_cache import check_writable_dir
 
+    if args.cache_dir is not None:
+        check_writable_dir(args.cache_dir, "--cache-dir")
     if c.dataset == "omniglot":
+        from ..data import omniglot_root
         from ..supervised.omniglot import load_omniglot_splits
 
-        # TODO(integrator): once load_omniglot_splits takes split_seed, the first branch is the only one
-        split = {"split_seed": c.split_seed} if _accepts(load_omniglot_splits, "split_seed") else \
-            {"seed": c.seed if c.split_seed is None else c.split_seed}
-        splits = load_omniglot_splits(args.data_root or DEFAULT_OMNIGLOT, cache_dir=args.cache_dir,
-                                      num_val=c.val_characters, progress=not args.no_progress, **split)
+        root = omniglot_root(args.data_root, download=args.download, url_base=args.url_base,
+                             progress=not args.no_progress)
+        splits = load_omniglot_splits(root, cache_dir=args.cache_dir, num_val=c.val_characters,
+                                      progress=not args.no_progress, split_seed=c.split_seed)
     else:
         from ..supervised.miniimagenet import load_miniimagenet
 
@@ -83,13 +81,8 @@ def build_problem(args: argparse.Namespace, c: FewShotConfig) -> Any:
             raise ValueError("--data-root is required for MiniImagenet (a folder with train.csv/val.csv/test.csv "
                              "and images/, or the mini-imagenet-cache-*.pkl files)")
         splits = load_miniimagenet(args.data_root, cache_dir=args.cache_dir, progress=not args.no_progress)
-    extra: dict[str, Any] = {}
-    if c.test_queries is not None:
-        if not _accepts(FewShotProblem, "test_queries"):  # TODO(integrator): FewShotProblem(test_queries=...)
-            raise ValueError("--test-queries: this version of FewShotProblem has no separate test query count")
-        extra["test_queries"] = c.test_queries
     return FewShotProblem(c.dataset, splits.train, splits.test, splits.val, ways=c.ways, shots=c.shots,
-                          queries=c.queries, filters=c.filters, pool=c.pool, **extra)
+                          queries=c.queries, test_queries=c.test_queries, filters=c.filters, pool=c.pool)
 
 
 def _build(args: argparse.Namespace, config: FewShotConfig, dist: DistInfo, logdir: str) -> MetaTrainer:
@@ -116,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser, _ = _parser()
     return run_command(Command(
         parser=parser, config=_config,
-        logdir=lambda a, c: f"runs/{c.dataset}-{c.ways}w{c.shots}s-{c.method}-s{c.seed}",
+        logdir=lambda a, c: f"runs/{c.dataset}-{c.ways}w{c.shots}s-{method_slug(c.method, c.adapt)}-s{c.seed}",
         build=_build, finish=_finish,
     ), argv)
 

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
+from ..rk import method_slug
 from .. import video as rk_video  # sets MUJOCO_GL for offscreen rendering before mujoco is imported
 from ..envs.locomotion import LOCOMOTION_IDS
 from ..presets import LOCOMOTION
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser, _ = _parser()
     return run_command(Command(
         parser=parser, config=_config,
-        logdir=lambda a, c: f"runs/{family_name(str(c.env))}-{c.method}-s{c.seed}",
+        logdir=lambda a, c: f"runs/{family_name(str(c.env))}-{method_slug(c.method, c.adapt)}-s{c.seed}",
         build=build_metatrpo, callbacks=lambda a, m: VideoCallback(a),
         finish=lambda a, m: finish_metatrpo(a, m),
     ), argv)

@@ -34,6 +34,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Figure
 
+from ..rk import method_slug
 from ..presets import NAV
 from ..rl.algorithm import MetaTRPO
 from ..rl.config import MetaTRPOConfig
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser, _ = _parser()
     return run_command(Command(
         parser=parser, config=_config,
-        logdir=lambda a, c: f"runs/nav-{c.method}-{a.config}-s{c.seed}",
+        logdir=lambda a, c: f"runs/nav-{method_slug(c.method, c.adapt)}-{a.config}-s{c.seed}",
         build=build_metatrpo,
         callbacks=lambda a, m: TrajectoryFigureCallback(a.figure_interval, m.config.seed),
         finish=lambda a, m: finish_metatrpo(a, m, config=a.config),

@@ -19,6 +19,7 @@ from ..checkpoint import load_latest
 from ..common.base import BaseMetaAlgorithm
 from ..common.callbacks import MaybeCallback
 from ..common.config import BaseConfig
+from ..data.fetch import DownloadError
 from ..distributed import DistInfo, destroy, init_distributed, split_batch
 from ..envs.protocol import TaskFamilyError
 from ..errors import NonFiniteError, TrainingInterrupted
@@ -27,7 +28,8 @@ from ..utils import set_threads
 __all__ = ["Command", "run_command", "add_run_flags", "USER_ERRORS"]
 
 #: Exceptions that are the user's to fix: reported as one line, never as a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, TaskFamilyError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, TaskFamilyError,
+                                                DownloadError)
 
 
 def add_run_flags(parser: argparse.ArgumentParser) -> None:

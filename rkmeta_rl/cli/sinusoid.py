@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..rk import method_slug
 from ..distributed import DistInfo
 from ..presets import SINUSOID
 from ..supervised.config import MetaTrainConfig
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser, fields = _parser()
     return run_command(Command(
         parser=parser, config=lambda a: config_from_args(SINUSOID[a.config], a, fields),
-        logdir=lambda a, c: f"runs/sinusoid-{c.method}-s{c.seed}",
+        logdir=lambda a, c: f"runs/sinusoid-{method_slug(c.method, c.adapt)}-s{c.seed}",
         build=_build, finish=_finish,
     ), argv)
 

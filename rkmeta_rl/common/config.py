@@ -33,7 +33,8 @@ STEP_RULES = ("tableau", "fixed")
 
 
 def validate_method(spec: Any, max_stages: int | None = None) -> None:
-    """The one check of a ``method`` setting (a tableau name, ``generic(x)`` or a number).
+    """The one check of a ``method`` setting: a tableau name, ``generic(x)``, a number, or per-parameter methods
+    ``"glob=method,..."`` (:func:`rkmeta_rl.rk.parse_method_spec`).
 
     Args:
         spec: the method setting.
@@ -42,9 +43,9 @@ def validate_method(spec: Any, max_stages: int | None = None) -> None:
     Raises:
         ValueError: an unknown method, or one with too many stages.
     """
-    from ..rk import get_tableau
+    from ..rk import parse_method_spec
 
-    tab = get_tableau(spec)
+    tab = parse_method_spec(spec)
     if max_stages is not None and tab.stages > max_stages:
         raise ValueError(f"this trainer supports one- and two-stage methods; {tab.name} has {tab.stages} stages")
 
@@ -108,6 +109,16 @@ class BaseConfig:
     time_budget_min: Optional[float] = None
     threads: Optional[int] = None
 
+    def __post_init__(self) -> None:
+        # the library takes a method mapping ({"head.*": "midpoint", "*": "ralston"}) and adapt as a list of globs;
+        # the config keeps their canonical strings, so checkpoints and resume comparisons hold plain data
+        if isinstance(self.method, Mapping):
+            from ..rk import method_name
+
+            self.method = method_name(self.method)
+        if isinstance(self.adapt, (list, tuple)):
+            self.adapt = ",".join(self.adapt)
+
     # ---- validation --------------------------------------------------------------------------------------
     def validate(self) -> None:
         """Fail before any work with one line naming the bad setting (extended by subclasses)."""
@@ -125,14 +136,21 @@ class BaseConfig:
             raise ValueError(f"step_rule must be 'tableau' or 'fixed', got {self.step_rule!r}")
         if self.adapt is not None and (not isinstance(self.adapt, str) or not self.adapt.strip()):
             raise ValueError(f"adapt must be parameter glob(s) such as 'head.*' or None, got {self.adapt!r}")
+        from ..rk import parse_adapt
+
+        parse_adapt(self.adapt)
         resolve_device(self.device)
 
     @property
     def adapt_lr(self) -> float:
-        """The method's own inner learning rate (used in training and at test time)."""
-        from ..rk import get_tableau
+        """The method's own inner learning rate (used in training and at test time), for one method on every
+        parameter; per-parameter methods and ``adapt`` have per-parameter rates (the trainers' ``adapt_lr``)."""
+        from ..rk import parse_method_spec
 
-        return get_tableau(self.method).inner_lr(self.inner_lr, self.step_rule)
+        tab = parse_method_spec(self.method)
+        if not hasattr(tab, "inner_lr") or self.adapt is not None:
+            raise ValueError("per-parameter methods or adapt= have per-parameter rates: use the trainer's adapt_lr")
+        return tab.inner_lr(self.inner_lr, self.step_rule)
 
     # ---- storage and comparison ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

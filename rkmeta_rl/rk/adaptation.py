@@ -12,6 +12,7 @@ import torch
 from torch.func import grad, vmap
 from torch.utils._pytree import tree_map
 
+from .inner_step import StepSizes, inner_step
 from .meta_gradient import LossFn, Params, choose_path
 
 __all__ = ["adapt_and_score"]
@@ -24,7 +25,7 @@ def adapt_and_score(
     support_loss: LossFn,
     metric_fn: MetricFn,
     task_data: Any,
-    lr: float,
+    lr: StepSizes,
     steps: int,
     *,
     path: Literal["auto", "vmap", "loop"] = "auto",
@@ -38,7 +39,8 @@ def adapt_and_score(
         metric_fn: ``(params, one_task_data) -> {name: scalar}`` evaluated at step 0 (theta) and after
             every step.
         task_data: pytree with leading task dimension ``n_tasks``.
-        lr: the adaptation step size (the method's own alpha).
+        lr: the adaptation step size (the method's own alpha): a float, or per parameter ``{name: alpha_l}``
+            as :func:`rkmeta_rl.rk.step_sizes` returns for per-parameter methods and ``adapt=``.
         steps: number of gradient steps (>= 0).
         path: ``"vmap"`` (one vectorised program), ``"loop"`` (per task) or ``"auto"``.
         chunk_size: vmap chunk size to bound memory.
@@ -56,7 +58,7 @@ def adapt_and_score(
         cur = th
         for _ in range(steps):
             g = grad(support_loss)(cur, data)
-            cur = {k: cur[k] - lr * g[k] for k in cur}
+            cur = inner_step(cur, g, lr)
             rows.append(metric_fn(cur, data))
         return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
@@ -69,5 +71,5 @@ def adapt_and_score(
     n = leaves[0].shape[0]
     per: list[dict[str, torch.Tensor]] = []
     for t in range(n):
-        per.append({k: v.detach() for k, v in one_task(theta, tree_map(lambda x: x[t], task_data)).items()})
+        per.append({k: v.detach() for k, v in one_task(theta, tree_map(lambda x, t=t: x[t], task_data)).items()})
     return {k: torch.stack([p[k] for p in per]) for k in per[0]}

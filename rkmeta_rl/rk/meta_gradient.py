@@ -12,6 +12,11 @@ and the meta-gradient is the mean of ``g_task`` over tasks. With two stages this
 times), ``g = a1 k1 + a2 k2``; ``midpoint`` is MAML's meta-gradient (Finn et al., 2017) and ``euler`` the
 gradient of the support loss.
 
+Per-parameter methods (``method={"head.*": "midpoint", "*": "ralston"}``) and ``adapt=`` (ANIL): parameter
+group ``l`` adapts with its own ``alpha_l`` (0 for groups left out, :mod:`rkmeta_rl.rk.method_spec`) through the
+one inner step :func:`rkmeta_rl.rk.inner_step`, and ``g_l = a1_l k1_l + a2_l k2_l`` with ``k2`` differentiated
+through every group's step. One method everywhere runs exactly the uniform program (one float per setting).
+
 Two paths:
 
 * ``"vmap"``: one ``torch.func.vmap`` over tasks of a nested ``torch.func.grad``: fastest for MLPs.
@@ -30,13 +35,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping
 
 import torch
 from torch.func import grad, grad_and_value, vmap
 from torch.utils._pytree import tree_map
 
-from .tableau import Tableau, TableauSpec, get_tableau
+from .inner_step import StepSizes, inner_step
+from .method_spec import AdaptSpec, MethodMap, MethodSpec, resolve_groups
+from .tableau import Tableau
 
 __all__ = ["PerStage", "meta_gradient", "adapt", "choose_path", "Params", "LossFn"]
 
@@ -56,11 +63,42 @@ class PerStage(tuple):
     """
 
 
+class _Frozen(dict):
+    """A read-only ``{name: float}`` that can be part of a hashable plan (the compiled-program cache key)."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(self.items()))
+
+
+#: a per-parameter float: one float for every parameter, or ``{name: float}``
+_PerParam = float | _Frozen
+
+
+def _collapse(values: Mapping[str, float]) -> _PerParam:
+    """One float when every parameter has the same value (the uniform method's exact arithmetic), else a map."""
+    vals = set(values.values())
+    return float(next(iter(vals))) if len(vals) == 1 else _Frozen(values)
+
+
+def _at(value: _PerParam, name: str) -> float:
+    return value if isinstance(value, float) else value[name]
+
+
 @dataclass(frozen=True)
 class _Plan:
-    tab: Tableau
+    """What the traced program depends on.
+
+    ``a[i]``: stage ``i``'s weights, ``alpha``: the inner step sizes (both one float for a uniform method);
+    ``h``, ``q`` and ``mask`` (1 for adapted parameters, 0 otherwise) only matter for more than two stages.
+    """
+
+    name: str
+    stages: int
+    a: tuple[_PerParam, ...]
+    q: tuple[tuple[float, ...], ...]
     h: float
-    alpha: float
+    alpha: _PerParam
+    mask: _PerParam
     inner_steps: int
     first_order: bool
     per_stage: bool = False
@@ -76,26 +114,29 @@ def choose_path(params: Mapping[str, torch.Tensor]) -> Literal["vmap", "loop"]:
     return "loop" if any(p.dim() >= 4 for p in params.values()) else "vmap"
 
 
-def _axpy(params: Mapping[str, torch.Tensor], direction: Mapping[str, torch.Tensor], scale: float) -> Params:
-    return {k: params[k] - scale * direction[k] for k in params}
+def _scaled(mask: _PerParam, c: float) -> StepSizes:
+    """Step sizes ``mask_l * c`` (``c`` itself for a uniform mask)."""
+    if isinstance(mask, float):
+        return mask * c
+    return {k: m * c for k, m in mask.items()}
 
 
 def adapt(
     params: Mapping[str, torch.Tensor],
     loss_fn: LossFn,
     data: Any,
-    lr: float,
+    lr: StepSizes,
     steps: int = 1,
     *,
     create_graph: bool = False,
 ) -> Params:
-    """Inner (fast) adaptation of ONE task: ``steps`` plain gradient steps ``theta <- theta - lr grad L``.
+    """Inner (fast) adaptation of ONE task: ``steps`` gradient steps ``theta_l <- theta_l - lr_l grad_l L``.
 
     Args:
         params: ``{name: tensor}`` initial parameters.
         loss_fn: ``loss_fn(params, data) -> scalar``.
         data: one task's data (no task dimension).
-        lr: step size ``alpha``.
+        lr: step size ``alpha``: a float, or ``{name: alpha_l}`` (see :func:`rkmeta_rl.rk.step_sizes`).
         steps: number of steps.
         create_graph: keep the graph so the result is differentiable w.r.t. ``params``.
 
@@ -108,38 +149,49 @@ def adapt(
         with torch.enable_grad():
             loss = loss_fn(cur, data)
             grads = torch.autograd.grad(loss, list(cur.values()), create_graph=create_graph)
-        cur = {k: v - lr * g for (k, v), g in zip(cur.items(), grads)}
+        cur = inner_step(cur, grads, lr)
         if not create_graph:
             cur = {k: v.detach().requires_grad_(True) for k, v in cur.items()}
     return {k: v if create_graph else v.detach() for k, v in cur.items()}
 
 
 def _validate(
-    params: Mapping[str, torch.Tensor], method: TableauSpec, inner_lr: float, inner_steps: int, step_rule: str,
-    task_data: Any, first_order: bool,
+    params: Mapping[str, torch.Tensor], method: MethodSpec | MethodMap, inner_lr: float, inner_steps: int,
+    step_rule: str, task_data: Any, first_order: bool, adapt: AdaptSpec = None,
 ) -> _Plan:
-    tab = get_tableau(method)
     if not isinstance(params, Mapping) or not params:
         raise ValueError("params must be a non-empty dict of tensors")
+    for k, v in params.items():
+        if not isinstance(v, torch.Tensor) or not (v.is_floating_point() or v.is_complex()):
+            raise ValueError(f"parameter {k!r} must be a floating-point tensor, got "
+                             f"{getattr(v, 'dtype', type(v).__name__)}")
+    groups = resolve_groups(list(params), method, adapt)
     if not (isinstance(inner_lr, (int, float)) and math.isfinite(inner_lr) and inner_lr > 0):
         raise ValueError(f"inner_lr must be a finite number > 0, got {inner_lr!r}")
     if not isinstance(inner_steps, int) or inner_steps < 1:
         raise ValueError(f"inner_steps must be an integer >= 1, got {inner_steps!r}")
     if step_rule not in ("tableau", "fixed"):
         raise ValueError(f"step_rule must be 'tableau' or 'fixed', got {step_rule!r}")
-    if tab.stages > 2 and inner_steps != 1:
-        raise ValueError(f"inner_steps > 1 is defined for one- and two-stage methods only; {tab.name} has "
-                         f"{tab.stages} stages")
+    weights = groups.weights()  # raises for mixed tableaus with more than two stages
+    s = groups.stages
+    tab: Tableau | None = groups.tableau
+    name = tab.name if tab is not None else "per-parameter methods"
+    if s > 2 and inner_steps != 1:
+        raise ValueError(f"inner_steps > 1 is defined for one- and two-stage methods only; {name} has "
+                         f"{s} stages")
     if isinstance(task_data, PerStage):
-        if len(task_data) != tab.stages:
-            raise ValueError(f"PerStage data must hold one pytree per stage: {tab.name} has {tab.stages} "
+        if len(task_data) != s:
+            raise ValueError(f"PerStage data must hold one pytree per stage: {name} has {s} "
                              f"stages, got {len(task_data)}")
-    elif tab.stages > 2:
-        raise ValueError(f"{tab.name} has {tab.stages} stages: pass rk.PerStage([d_1, ..., d_{tab.stages}]) so "
+    elif s > 2:
+        raise ValueError(f"{name} has {s} stages: pass rk.PerStage([d_1, ..., d_{s}]) so "
                          f"that later stages are scored on data they did not adapt on")
-    h = tab.step_size(float(inner_lr), step_rule)
-    return _Plan(tab=tab, h=h, alpha=tab.inner_lr(float(inner_lr), step_rule), inner_steps=inner_steps,
-                 first_order=bool(first_order), per_stage=isinstance(task_data, PerStage))
+    h = tab.step_size(float(inner_lr), step_rule) if tab is not None else 0.0
+    return _Plan(name=name, stages=s, a=tuple(_collapse(w) for w in weights),
+                 q=tab.q if tab is not None else (), h=h,
+                 alpha=_collapse(groups.step_sizes(float(inner_lr), step_rule)),
+                 mask=_collapse({n: 1.0 if f else 0.0 for n, f in zip(groups.names, groups.adapted)}),
+                 inner_steps=inner_steps, first_order=bool(first_order), per_stage=isinstance(task_data, PerStage))
 
 
 def _stage_data(plan: _Plan, data: Any, i: int) -> Any:
@@ -186,18 +238,18 @@ def _func_stages(
         ks, losses, post = _func_stages(plan, support_loss, query_loss, data, m - 1, t)
         dirs = [{k: v.detach() for k, v in kj.items()} if plan.first_order else kj for kj in ks]
         if m == 2:
-            cur = _axpy(t, dirs[0], plan.alpha)
+            cur = inner_step(t, dirs[0], plan.alpha)
             for _ in range(plan.inner_steps - 1):
                 gk = grad(support_loss)(cur, d0)
                 if plan.first_order:
                     gk = {k: v.detach() for k, v in gk.items()}
-                cur = _axpy(cur, gk, plan.alpha)
+                cur = inner_step(cur, gk, plan.alpha)
         else:
-            row = plan.tab.q[m - 1]
+            row = plan.q[m - 1]
             cur = dict(t)
             for j in range(m - 1):
                 if row[j] != 0.0:
-                    cur = _axpy(cur, dirs[j], plan.h * row[j])
+                    cur = inner_step(cur, dirs[j], _scaled(plan.mask, plan.h * row[j]))
         lm = query_loss(cur, _stage_data(plan, data, m - 1))
         if m == 2:
             post = ({k: v.detach() for k, v in cur.items()}, lm.detach())
@@ -208,11 +260,11 @@ def _func_stages(
 
 
 def _vmap_task(plan: _Plan, support_loss: LossFn, query_loss: LossFn, stats: bool):
-    s = plan.tab.stages
+    s = plan.stages
 
     def per_task(theta: Params, data: Any) -> tuple[Params, dict[str, torch.Tensor]]:
         ks, losses, post = _func_stages(plan, support_loss, query_loss, data, s, theta)
-        g = {k: sum(plan.tab.a[i] * ks[i][k] for i in range(s) if plan.tab.a[i] != 0.0) for k in theta}
+        g = {k: sum(_at(plan.a[i], k) * ks[i][k] for i in range(s) if _at(plan.a[i], k) != 0.0) for k in theta}
         g = {k: (v if isinstance(v, torch.Tensor) else torch.zeros_like(theta[k])) for k, v in g.items()}
         out: dict[str, torch.Tensor] = {"support_pre": losses[0]}
         if stats:
@@ -231,9 +283,9 @@ def _func_stats(plan: _Plan, support_loss: LossFn, query_loss: LossFn, data: Any
     if post is not None:
         cur, query_post = post
     else:
-        cur = _axpy(th, {k: v.detach() for k, v in k1.items()}, plan.alpha)
+        cur = inner_step(th, {k: v.detach() for k, v in k1.items()}, plan.alpha)
         for _ in range(plan.inner_steps - 1):
-            cur = _axpy(cur, {k: v.detach() for k, v in grad(support_loss)(cur, d0).items()}, plan.alpha)
+            cur = inner_step(cur, {k: v.detach() for k, v in grad(support_loss)(cur, d0).items()}, plan.alpha)
         query_post = query_loss(cur, dq).detach()
     return {
         "query_pre": query_loss(th, dq).detach(),
@@ -286,7 +338,7 @@ def _index(task_data: Any, t: int) -> Any:
 
 def _loop_task(plan: _Plan, theta: Params, support_loss: LossFn, query_loss: LossFn, data: Any,
                stats: bool) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
-    tab, s = plan.tab, plan.tab.stages
+    s = plan.stages
     names = list(theta)
     leaves = [theta[k] for k in names]
     d0 = _stage_data(plan, data, 0)
@@ -299,23 +351,25 @@ def _loop_task(plan: _Plan, theta: Params, support_loss: LossFn, query_loss: Los
     for m in range(2, s + 1):
         dirs = [[g.detach() for g in kj] if plan.first_order else kj for kj in ks]
         if m == 2:
-            cur = [w - plan.alpha * g for w, g in zip(leaves, dirs[0])]
+            cur = list(inner_step(theta, dirs[0], plan.alpha).values())
             for _ in range(plan.inner_steps - 1):
                 lk = support_loss(dict(zip(names, cur)), d0)
                 gk = torch.autograd.grad(lk, cur, create_graph=not plan.first_order)
-                cur = [w - plan.alpha * g for w, g in zip(cur, gk)]
+                cur = list(inner_step(dict(zip(names, cur)), gk, plan.alpha).values())
         else:
-            row = tab.q[m - 1]
+            row = plan.q[m - 1]
             cur = list(leaves)
             for j in range(m - 1):
                 if row[j] != 0.0:
-                    cur = [w - plan.h * row[j] * g for w, g in zip(cur, dirs[j])]
+                    step = _scaled(plan.mask, plan.h * row[j])
+                    cur = list(inner_step(dict(zip(names, cur)), dirs[j], step).values())
         lm = query_loss(dict(zip(names, cur)), _stage_data(plan, data, m - 1))
         if m == 2:  # the adapted point and its query loss are the diagnostics' "post" values: keep them
             post_point, post_query = [w.detach() for w in cur], lm.detach()
         km = torch.autograd.grad(lm, leaves, create_graph=(m < s and not plan.first_order), allow_unused=True)
         ks.append([torch.zeros_like(w) if g is None else g for w, g in zip(leaves, km)])
-    g_task = [sum(tab.a[i] * ks[i][n].detach() for i in range(s) if tab.a[i] != 0.0) for n in range(len(names))]
+    g_task = [sum(_at(plan.a[i], k) * ks[i][n].detach() for i in range(s) if _at(plan.a[i], k) != 0.0)
+              for n, k in enumerate(names)]
     g_task = [v if isinstance(v, torch.Tensor) else torch.zeros_like(leaves[n]) for n, v in enumerate(g_task)]
     if stats:
         with torch.no_grad():
@@ -326,7 +380,7 @@ def _loop_task(plan: _Plan, theta: Params, support_loss: LossFn, query_loss: Los
             cur_p = dict(zip(names, post_point))
         else:
             with torch.no_grad():
-                cur_p = {k: th[k] - plan.alpha * g.detach() for k, g in zip(names, k1)}
+                cur_p = inner_step(th, [g.detach() for g in k1], plan.alpha)
             for _ in range(plan.inner_steps - 1):
                 cur_p = adapt(cur_p, support_loss, d0, plan.alpha, 1)
         with torch.no_grad():
@@ -360,12 +414,13 @@ def meta_gradient(
     support_loss: LossFn,
     query_loss: LossFn,
     task_data: Any,
-    method: TableauSpec = "midpoint",
+    method: MethodSpec | MethodMap = "midpoint",
     inner_lr: float = 0.01,
     inner_steps: int = 1,
     step_rule: str = "tableau",
     first_order: bool = False,
     *,
+    adapt: AdaptSpec = None,
     path: Path = "auto",
     stats: bool = True,
     chunk_size: int | None = None,
@@ -379,7 +434,11 @@ def meta_gradient(
         query_loss: ``query_loss(params, data) -> scalar`` for ONE task (stages >= 2).
         task_data: a pytree of tensors of shape ``[n_tasks, ...]``, shared by every stage, or a
             :class:`PerStage` of one such pytree per stage (required for more than two stages).
-        method: a tableau name, a number x (generic second order) or a :class:`Tableau`.
+        method: a tableau name, a number x (generic second order) or a :class:`Tableau`; or per-parameter
+            methods: an ordered ``{glob: method}`` mapping (first match wins, every parameter must match) or its
+            string form ``"head.*=midpoint,*=ralston"`` (:mod:`rkmeta_rl.rk.method_spec`). Parameter group ``l``
+            then adapts with its own ``alpha_l`` and gets ``g_l = a1_l k1_l + a2_l k2_l``, ``k2`` the derivative
+            through every group's inner step. Mixed tableaus may have at most two stages.
         inner_lr: MAML's alpha. Under ``step_rule="tableau"`` a method adapts with ``2 q21 inner_lr``
             (``midpoint``: exactly ``inner_lr``); under ``"fixed"`` every method adapts with ``inner_lr``.
         inner_steps: inner gradient steps (two-stage methods; each step on the support data).
@@ -388,6 +447,8 @@ def meta_gradient(
         path: ``"vmap"``, ``"loop"`` or ``"auto"`` (see :func:`choose_path`).
         stats: also compute forward-only diagnostics (query loss before, losses after adaptation).
         chunk_size: optional vmap chunk size (memory bound on large meta-batches).
+        adapt: the parameters the inner loop moves: a glob, a comma-separated string or a list of globs
+            (default every parameter; ANIL is ``adapt="head.*"``); the others have ``alpha_l = 0``.
         compile: run the vectorised path through ``torch.compile`` (cached per loss functions and settings;
             the first call compiles for tens of seconds, later calls are several times faster). Ignored by
             the loop path.
@@ -397,7 +458,7 @@ def meta_gradient(
         ``stats`` holds floats ``support_loss_pre``, ``query_loss_pre``, ``support_loss_post``,
         ``query_loss_post`` (means over tasks; post = after the method's inner adaptation) and ``num_tasks``.
     """
-    plan = _validate(params, method, inner_lr, inner_steps, step_rule, task_data, first_order)
+    plan = _validate(params, method, inner_lr, inner_steps, step_rule, task_data, first_order, adapt)
     n = _num_tasks(task_data)
     if plan.per_stage:
         task_data = tuple(task_data)  # a plain tuple, so that vmap and tree_map see the per-stage pytrees

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Sequence
 
 __all__ = ["Tableau", "TableauSpec", "get_tableau", "make_tableau", "generic", "TABLEAU_NAMES", "PAPER_METHODS"]
 
@@ -73,7 +73,7 @@ class Tableau:
         return self.name
 
 
-TableauSpec = Union[str, float, int, Tableau]
+TableauSpec = str | float | int | Tableau
 
 
 def make_tableau(
@@ -104,17 +104,7 @@ def make_tableau(
         raise ValueError(f"weights `a` must be finite, got {a_t}")
     if abs(sum(a_t) - 1.0) > 1e-8:
         raise ValueError(f"weights `a` must sum to 1, got sum {sum(a_t):.10g} for a = {a_t}")
-    rows = [tuple(float(x) for x in row) for row in q]
-    if len(rows) != s or any(len(r) != s for r in rows):
-        raise ValueError(f"`q` must be a {s}x{s} matrix for {s} weights, got shape "
-                         f"{len(rows)}x{[len(r) for r in rows]}")
-    for i, row in enumerate(rows):
-        for j, v in enumerate(row):
-            if not math.isfinite(v):
-                raise ValueError(f"`q` must be finite, got q[{i}][{j}] = {v}")
-            if j >= i and v != 0.0:
-                raise ValueError(f"`q` must be strictly lower-triangular (explicit method), "
-                                 f"but q[{i}][{j}] = {v} is on or above the diagonal")
+    rows = _stage_matrix(q, s)
     sums = tuple(sum(r) for r in rows)
     if p is None:
         p_t = sums
@@ -134,6 +124,22 @@ def make_tableau(
     elif order > computed:
         raise ValueError(f"tableau {name!r} claims order {order} but only satisfies the order-{computed} conditions")
     return Tableau(name=name, a=a_t, p=p_t, q=tuple(rows), order=int(order))
+
+
+def _stage_matrix(q: Sequence[Sequence[float]], s: int) -> list[tuple[float, ...]]:
+    """``q`` as float rows, checked to be a finite, strictly lower-triangular ``s x s`` matrix."""
+    rows = [tuple(float(x) for x in row) for row in q]
+    if len(rows) != s or any(len(r) != s for r in rows):
+        raise ValueError(f"`q` must be a {s}x{s} matrix for {s} weights, got shape "
+                         f"{len(rows)}x{[len(r) for r in rows]}")
+    for i, row in enumerate(rows):
+        for j, v in enumerate(row):
+            if not math.isfinite(v):
+                raise ValueError(f"`q` must be finite, got q[{i}][{j}] = {v}")
+            if j >= i and v != 0.0:
+                raise ValueError(f"`q` must be strictly lower-triangular (explicit method), "
+                                 f"but q[{i}][{j}] = {v} is on or above the diagonal")
+    return rows
 
 
 def _order(a: tuple[float, ...], c: tuple[float, ...], q: list[tuple[float, ...]]) -> int:

@@ -17,7 +17,6 @@ tasks, D0, adapt, D1, TRPO meta-update) and the policy's own state.
 
 from __future__ import annotations
 
-import inspect
 import time
 import warnings
 from typing import Any, Mapping
@@ -30,7 +29,7 @@ from .. import envs as _envs
 from ..common.base import BaseMetaAlgorithm
 from ..distributed import DistInfo, all_gather_objects, all_reduce_mean, broadcast_params, rank_seed, split_batch
 from ..envs.protocol import TaskFamilyError, validate_task_family
-from ..rk import get_tableau
+from ..rk import parse_method_spec
 from ..utils import resolve_device
 from .adapted import AdaptedPolicy
 from .baseline import LinearFeatureBaseline
@@ -162,7 +161,8 @@ class MetaTRPO(BaseMetaAlgorithm):
 
     def _setup_model(self) -> None:
         c = self.config
-        self.tableau = get_tableau(c.method)
+        #: the method: a Tableau, or a MethodMap of per-parameter methods (both have ``name`` and ``stages``)
+        self.tableau = parse_method_spec(c.method)
         self.method = self.tableau.name
         #: tasks this process samples per meta-iteration (the whole meta-batch without data parallelism)
         self.local_batch_size = split_batch(c.meta_batch_size, self.dist.rank, self.dist.world_size)
@@ -187,12 +187,8 @@ class MetaTRPO(BaseMetaAlgorithm):
         trpo = dict(max_kl=c.max_kl, cg_iters=c.cg_iters, cg_damping=c.cg_damping,
                     ls_backtrack_ratio=c.ls_backtrack_ratio, ls_max_steps=c.ls_max_steps,
                     fvp_subsample=c.fvp_subsample)
-        if c.adapt is not None:
-            if "adapt" not in inspect.signature(MetaTRPOStep).parameters:
-                raise ValueError(f"adapt={c.adapt!r}: this engine version cannot restrict the inner loop")
-            trpo["adapt"] = c.adapt
         self.meta_step = MetaTRPOStep(self.policy, self.tableau, inner_lr=c.inner_lr, inner_steps=c.inner_steps,
-                                      step_rule=c.step_rule, first_order=c.first_order, **trpo)
+                                      step_rule=c.step_rule, first_order=c.first_order, adapt=c.adapt, **trpo)
         self.baseline = LinearFeatureBaseline()
         #: per-iteration returns, KL and timings (for ``metrics.json``)
         self.history: list[dict[str, float]] = []
@@ -206,8 +202,9 @@ class MetaTRPO(BaseMetaAlgorithm):
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
-    def alpha(self) -> float:
-        """The method's inner (test-time) learning rate."""
+    def alpha(self) -> float | dict[str, float]:
+        """The method's inner (test-time) learning rate: one float, or ``{name: alpha_l}`` for per-parameter
+        methods and ``adapt``."""
         return self.meta_step.alpha
 
     def close(self) -> None:
@@ -303,7 +300,7 @@ class MetaTRPO(BaseMetaAlgorithm):
 
         c = self.config
         return {
-            "method": self.tableau.name, "iterations": self.num_iterations, "env": self.env_id,
+            "method": self.tableau.name, "adapt": c.adapt, "iterations": self.num_iterations, "env": self.env_id,
             "pre_return": mean_last("pre_return"), "post_return": mean_last("post_return"),
             "seconds": round(self.elapsed, 1),
             "seconds_per_iteration": round(self.elapsed / max(1, self.num_iterations), 3),

@@ -61,6 +61,7 @@ class MetaTRPOConfig(BaseConfig):
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.policy_kwargs = dict(self.policy_kwargs or {})
         if isinstance(self.policy_kwargs.get("hidden_sizes"), list):
             self.policy_kwargs["hidden_sizes"] = tuple(self.policy_kwargs["hidden_sizes"])

@@ -4,13 +4,17 @@ At ``theta = theta_old`` the Hessian of ``KL(theta)`` (see :mod:`rkmeta_rl.rl.me
 
     d2 KL = a1 mean_T F0_T  +  a2 mean_T J_T^T F1_T J_T
 
+(per-parameter methods: ``a1 W1 F0 W1 + a2 W2 J^T F1 J W2`` with the diagonal scales of
+:mod:`rkmeta_rl.rl.stage_weights`, and per-group inner step sizes ``A = diag(alpha_l)``)
+
 * ``F0_T`` / ``F1_T``: the Hessian at equality of the per-task masked-mean KL between diagonal Gaussians, on D0 at
   ``theta`` / on D1 at ``theta'_T``. With the mean ``mu(s)`` and a state-independent ``log_std``, it is
   ``J_mu^T diag(m / M / sigma^2) J_mu`` on the mean network's parameters plus ``2 (sum m / M) I`` on ``log_std``
   (``m`` the live mask, ``M = max(sum m, 1)``), with no cross term: the Gauss-Newton product.
-* ``J_T = d theta'_T / d theta``: the chain of ``I - alpha H_k`` over the inner steps, ``H_k`` the Hessian of task
-  ``T``'s REINFORCE loss on step ``k``'s batch at the old ``k``-th inner point (``I`` for ``first_order``). The
-  term with ``d2 theta' / d theta2`` is multiplied by ``d KL1 / d theta' = 0`` at ``theta_old`` and drops out.
+* ``J_T = d theta'_T / d theta``: the chain of ``I - A H_k`` over the inner steps (transpose ``I - H_k A``),
+  ``H_k`` the Hessian of task ``T``'s REINFORCE loss on step ``k``'s batch at the old ``k``-th inner point (``I``
+  for ``first_order``). The term with ``d2 theta' / d theta2`` is multiplied by ``d KL1 / d theta' = 0`` at
+  ``theta_old`` and drops out.
 
 The mean network's Jacobian-vector, vector-Jacobian and the REINFORCE loss's Hessian-vector products
 (Pearlmutter's R-operator) are written out by hand for the MLP of :class:`~rkmeta_rl.rl.policy.GaussianMLPPolicy`
@@ -24,8 +28,10 @@ from typing import Mapping, Sequence
 
 import torch
 
+from ..rk.inner_step import StepSizes, inner_step, uniform_step
 from .episodes import FlatBatch
 from .policy import GaussianMLPPolicy, Params, per_task
+from .stage_weights import PerParam, scale
 from .trpo import flatten, unflatten
 
 __all__ = ["MLPCache", "GaussNewtonFVP", "supports_gauss_newton", "CHUNK_ROWS"]
@@ -180,15 +186,24 @@ class MLPCache:
         out["log_std"] = (2.0 * sc * self.kl_wsum.unsqueeze(-1)) * v["log_std"]
         return out
 
-    def inner_jacobian(self, v: Mapping[str, torch.Tensor], alpha: float) -> Params:
-        """``(I - alpha H) v`` per task, ``H`` the Hessian of the REINFORCE loss at the cached point."""
+    def inner_jacobian(self, v: Mapping[str, torch.Tensor], alpha: StepSizes, transpose: bool = False) -> Params:
+        """The inner step's Jacobian ``(I - A H) v`` per task (``transpose``: ``(I - H A) v``), ``H`` the Hessian of
+        the REINFORCE loss at the cached point, ``A = diag(alpha_l)``; the two agree for one ``alpha``."""
+        if transpose and uniform_step(alpha) is None:
+            assert not isinstance(alpha, (int, float))
+            hv = self._hvp({k: (x if float(alpha[k]) == 1.0 else float(alpha[k]) * x) for k, x in v.items()})
+            return inner_step(v, hv, 1.0)
+        return inner_step(v, self._hvp(v), alpha)
+
+    def _hvp(self, v: Mapping[str, torch.Tensor]) -> Params:
+        """``H v`` per task (the REINFORCE loss's Hessian at the cached point)."""
         dmu, dhs = self.jvp(v)
         vls = v["log_std"].unsqueeze(1)                                       # [T, 1, A]
         rg = self.c_s2inv * dmu - 2.0 * self.g * vls                          # R{dL/dmu}
         hls = 2.0 * self.cz2_sum * v["log_std"] - 2.0 * (self.g * dmu).sum(1)
         hv = self.vjp(rg, {}, v, dhs)
         hv["log_std"] = hls
-        return {k: v[k] - alpha * hv[k] for k in v}
+        return hv
 
 
 class GaussNewtonFVP:
@@ -196,21 +211,24 @@ class GaussNewtonFVP:
 
     Args:
         like: shared ``theta_old`` (its layout is that of the flat vectors).
-        a1, a2: the stage weights; alpha: the inner step size.
+        a1, a2: the stage weights; alpha: the inner step size (a float or ``{name: alpha_l}``).
         d0: the cache on D0 at ``theta_old`` (needed when ``a1 != 0``).
         inner: the caches (``reinforce=True``) of the inner steps at their old starting points, empty for
             ``J = I`` (first order).
         d1: the cache on D1 at the old adapted parameters (needed when ``a2 != 0``).
+        scales: the per-parameter scales ``(W1, W2)`` of per-parameter methods (1.0: one method everywhere).
 
     :meth:`build` makes the caches.
     """
 
-    def __init__(self, like: Mapping[str, torch.Tensor], a1: float, a2: float, alpha: float,
+    def __init__(self, like: Mapping[str, torch.Tensor], a1: float, a2: float, alpha: StepSizes,
                  d0: MLPCache | None, inner: Sequence[MLPCache], d1: MLPCache | None,
-                 chunk_rows: int = CHUNK_ROWS) -> None:
+                 chunk_rows: int = CHUNK_ROWS, scales: tuple[PerParam, PerParam] = (1.0, 1.0)) -> None:
         self.names = list(like)
         self.like = {k: v.detach() for k, v in like.items()}
-        self.a1, self.a2, self.alpha = float(a1), float(a2), float(alpha)
+        self.a1, self.a2 = float(a1), float(a2)
+        self.alpha: StepSizes = alpha if isinstance(alpha, Mapping) else float(alpha)
+        self.scales = scales
         self.d0 = d0 if self.a1 != 0.0 else None
         self.inner = list(inner) if self.a2 != 0.0 else []
         self.d1 = d1 if self.a2 != 0.0 else None
@@ -229,8 +247,8 @@ class GaussNewtonFVP:
 
     @classmethod
     def build(cls, policy: GaussianMLPPolicy, theta: Mapping[str, torch.Tensor], train: Sequence[FlatBatch],
-              valid: FlatBatch | None, adapted: Sequence[Params], a1: float, a2: float, alpha: float,
-              first_order: bool) -> "GaussNewtonFVP":
+              valid: FlatBatch | None, adapted: Sequence[Params], a1: float, a2: float, alpha: StepSizes,
+              first_order: bool, scales: tuple[PerParam, PerParam] = (1.0, 1.0)) -> "GaussNewtonFVP":
         """From ``theta_old``, the (already subsampled) inner-step batches ``train`` (only the first is used when
         ``a2 == 0``) and D1 ``valid``, and the old inner points ``adapted`` (``theta'_1 .. theta'_n`` per task)."""
         like = {k: v.detach() for k, v in theta.items()}
@@ -246,7 +264,7 @@ class GaussNewtonFVP:
         if a1 != 0.0:
             # same batch, same point as the first inner step: share the forward pass
             d0 = inner[0] if inner else MLPCache(policy, theta_t, train[0], reinforce=False)
-        return cls(like, a1, a2, alpha, d0, inner, d1)
+        return cls(like, a1, a2, alpha, d0, inner, d1, scales=scales)
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         """``F v`` for a flat ``v [P]`` (no damping)."""
@@ -262,15 +280,17 @@ class GaussNewtonFVP:
     def _chunk(self, vt: Params, d0: MLPCache | None, inner: Sequence[MLPCache], d1: MLPCache | None) -> Params:
         """Per-task ``F_T v`` of a chunk of tasks."""
         total: Params | None = None
+        s1, s2 = self.scales
         if d0 is not None:
-            total = d0.kl_hvp(vt, self.a1 / self.n_tasks)
+            total = scale(d0.kl_hvp(scale(vt, s1), self.a1 / self.n_tasks), s1)
         if d1 is not None:
-            u: Params = dict(vt)
+            u: Params = scale(vt, s2)
             for cache in inner:
                 u = cache.inner_jacobian(u, self.alpha)
             w = d1.kl_hvp(u, self.a2 / self.n_tasks)
             for cache in reversed(inner):
-                w = cache.inner_jacobian(w, self.alpha)
+                w = cache.inner_jacobian(w, self.alpha, transpose=True)
+            w = scale(w, s2)
             total = w if total is None else {k: total[k] + w[k] for k in total}
         assert total is not None
         return total

@@ -16,6 +16,10 @@ product (the Hessian-vector product of ``KL`` at ``theta_old``) include the inne
 ``J`` and ``KL`` are those of plain TRPO on the pre-adaptation policy, and nothing is adapted. ``midpoint``
 (``a = (0, 1)``) is MAML-TRPO exactly.
 
+Per-parameter methods and ``adapt=`` (:mod:`rkmeta_rl.rk.method_spec`): the inner step moves group ``l`` by its own
+``alpha_l``, and ``J``, ``KL`` become the per-group forms of :mod:`rkmeta_rl.rl.stage_weights` (stage ``i`` at
+``theta_old + W_i (theta - theta_old)``), whose gradient is the per-group RK gradient and whose Hessian is symmetric.
+
 All tasks are processed at once: shared parameters are expanded to per-task views ``[T, ...]``, the per-task
 inner gradients are the gradient of the sum of per-task losses w.r.t. those views, and every forward pass is one
 batched matmul per layer over ``[T, N, ...]`` (``N = H x B`` steps per task).
@@ -29,10 +33,12 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from ..rk import Tableau, TableauSpec, get_tableau
+from ..rk import AdaptSpec, MethodMap, MethodSpec, Tableau, inner_step, method_name, parse_adapt, resolve_groups
+from ..rk.inner_step import StepSizes
 from .episodes import FlatBatch
 from .fisher import GaussNewtonFVP, MLPCache, supports_gauss_newton
-from .policy import GaussianMLPPolicy, Params, gaussian_log_prob, per_task
+from .policy import GaussianMLPPolicy, Params, gaussian_kl, gaussian_log_prob, per_task
+from .stage_weights import scale, scaled_point, stage_weights
 from .trpo import TRPOStats, flatten, trpo_update, unflatten
 
 __all__ = ["MetaTRPOStep", "Prepared", "Reducer", "reinforce_loss", "surrogate_loss", "kl_to"]
@@ -58,10 +64,7 @@ def kl_to(mu_old: torch.Tensor, ls_old: torch.Tensor, mu: torch.Tensor, ls: torc
 
     Shapes: ``mu_old, mu [T, N, act_dim]``; ``ls_old, ls`` broadcastable to them.
     """
-    var_ratio = torch.exp(2.0 * (ls_old - ls))
-    d = (mu_old - mu) * torch.exp(-ls)
-    kl = (ls - ls_old + 0.5 * (var_ratio + d * d) - 0.5).sum(-1)
-    return batch.masked_mean(kl)
+    return batch.masked_mean(gaussian_kl(mu_old, ls_old, mu, ls))
 
 
 @dataclass
@@ -83,7 +86,10 @@ class MetaTRPOStep:
 
     Args:
         policy: the Gaussian MLP policy (used functionally).
-        method: tableau name / number / :class:`~rkmeta_rl.rk.Tableau` with one or two stages.
+        method: tableau name / number / :class:`~rkmeta_rl.rk.Tableau` with one or two stages; or per-parameter
+            methods, an ordered ``{glob: method}`` mapping or its string form ``"w2|b2|log_std=midpoint,*=ralston"``
+            over the policy's parameter names (:mod:`rkmeta_rl.rl.policy`). The per-group objective and KL are
+            those of :mod:`rkmeta_rl.rl.stage_weights`.
         inner_lr: MAML's inner learning rate; the method adapts with ``tableau.inner_lr(inner_lr, step_rule)``
             (``midpoint``: exactly ``inner_lr``).
         inner_steps: inner gradient steps (each on its own batch of train episodes).
@@ -94,6 +100,7 @@ class MetaTRPOStep:
             product is computed (:meth:`subsampled_kl`). 1.0 (default) is exact. Below 1 only the trust-region
             metric is estimated (OpenAI Baselines' TRPO uses every 5th sample); the gradient, the line search's
             objective and its ``KL <= max_kl`` test stay on all the data.
+        adapt: the parameters the inner step moves (globs; default all; ANIL: ``policy.head_pattern``).
         fvp_mode: ``"gauss_newton"`` (default): the Fisher-vector product from its structure at ``theta_old``,
             ``a1 F0 + a2 mean_T J^T F1 J`` with hand-written Jacobian-, Hessian- and Gauss-Newton-vector products
             (:mod:`rkmeta_rl.rl.fisher`); ``"autograd"``: the reference double backward through
@@ -101,22 +108,30 @@ class MetaTRPOStep:
             the plain :class:`~rkmeta_rl.rl.policy.GaussianMLPPolicy` always use ``"autograd"``.
     """
 
-    def __init__(self, policy: GaussianMLPPolicy, method: TableauSpec = "midpoint", inner_lr: float = 0.1,
+    def __init__(self, policy: GaussianMLPPolicy, method: MethodSpec | MethodMap = "midpoint", inner_lr: float = 0.1,
                  inner_steps: int = 1, step_rule: str = "tableau", first_order: bool = False, max_kl: float = 0.01,
                  cg_iters: int = 10, cg_damping: float = 1e-5, ls_backtrack_ratio: float = 0.8,
-                 ls_max_steps: int = 15, fvp_subsample: float = 1.0, fvp_mode: str = "gauss_newton") -> None:
+                 ls_max_steps: int = 15, fvp_subsample: float = 1.0, fvp_mode: str = "gauss_newton", *,
+                 adapt: AdaptSpec = None) -> None:
         self.policy = policy
-        self.tableau: Tableau = get_tableau(method)
-        if self.tableau.stages > 2:
-            raise ValueError(f"MAML-TRPO supports one- and two-stage tableaus (DESIGN.md section 2); "
-                             f"{self.tableau.name} has {self.tableau.stages} stages")
+        self.groups = resolve_groups(list(policy.params()), method, adapt)
+        #: the common tableau (``None`` for per-parameter methods)
+        self.tableau: Tableau | None = self.groups.tableau
+        #: the method's canonical label (a tableau name or ``"glob=method,..."``)
+        self.method_name = method_name(method)
+        self.adapt_patterns = parse_adapt(adapt)
+        if self.groups.stages > 2:
+            raise ValueError(f"MAML-TRPO supports one- and two-stage tableaus; {self.method_name} has "
+                             f"{self.groups.stages} stages")
         if not (math.isfinite(inner_lr) and inner_lr > 0):
             raise ValueError(f"inner_lr must be > 0, got {inner_lr}")
         if int(inner_steps) < 1:
             raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
         self.inner_lr = float(inner_lr)
         self.step_rule = step_rule
-        self.alpha = self.tableau.inner_lr(self.inner_lr, step_rule)
+        self.weights = stage_weights(self.groups, self.inner_lr, step_rule)
+        #: the inner step sizes: one float (one method, every parameter adapted) or ``{name: alpha_l}``
+        self.alpha: float | dict[str, float] = self.weights.alpha  # type: ignore[assignment]
         self.inner_steps = int(inner_steps)
         self.first_order = bool(first_order)
         self.max_kl = float(max_kl)
@@ -130,30 +145,33 @@ class MetaTRPOStep:
         if fvp_mode not in ("gauss_newton", "autograd"):
             raise ValueError(f"fvp_mode must be 'gauss_newton' or 'autograd', got {fvp_mode!r}")
         self.fvp_mode = fvp_mode
-        self.a1 = float(self.tableau.a[0])
-        self.a2 = float(self.tableau.a[1]) if self.tableau.stages == 2 else 0.0
+        #: scalar stage weights ``w1, w2`` (the tableau's ``a1, a2`` for one method everywhere), and the
+        #: per-parameter scales ``W1, W2`` of :mod:`rkmeta_rl.rl.stage_weights` (1.0 for one method everywhere)
+        self.a1, self.a2 = self.weights.w
+        self.scales = self.weights.scales
 
     @property
     def adapts(self) -> bool:
-        """Whether the meta-objective has a post-adaptation stage (two-stage tableau)."""
-        return self.tableau.stages == 2
+        """Whether the meta-objective has a post-adaptation stage (some two-stage tableau)."""
+        return self.groups.stages == 2
 
     # ---- inner adaptation -------------------------------------------------------------------------
     def adapt(self, params: Mapping[str, torch.Tensor], train: Sequence[FlatBatch], create_graph: bool = False,
-              alpha: float | None = None) -> Params:
-        """Per-task inner adaptation ``theta'_{k+1} = theta'_k - alpha grad L_S(theta'_k; train[k])``.
+              alpha: StepSizes | None = None) -> Params:
+        """Per-task inner adaptation ``theta'_{k+1} = theta'_k - alpha grad L_S(theta'_k; train[k])`` (per group).
 
         Args:
             params: shared (or per-task) parameters ``theta``.
             train: one batch per inner step (all with ``T`` tasks).
             create_graph: keep the graph so the result is differentiable w.r.t. ``params`` (second order);
                 otherwise the result is detached.
-            alpha: step size (default: the method's).
+            alpha: step size: a float for every parameter or ``{name: alpha_l}`` (default: the method's,
+                :attr:`alpha`).
 
         Returns:
             per-task parameters ``{name: [T, ...]}``.
         """
-        lr = self.alpha if alpha is None else float(alpha)
+        lr = self.alpha if alpha is None else (alpha if isinstance(alpha, Mapping) else float(alpha))
         n_tasks = train[0].num_tasks
         if create_graph:
             cur = per_task(params, n_tasks)
@@ -165,7 +183,7 @@ class MetaTRPOStep:
                 loss = reinforce_loss(self.policy, cur, batch).sum()  # per-task losses are independent
                 grads = torch.autograd.grad(loss, list(cur.values()), create_graph=create_graph and not
                                             self.first_order)
-            cur = {k: v - lr * g for (k, v), g in zip(cur.items(), grads)}
+            cur = inner_step(cur, grads, lr)
             if not create_graph:
                 cur = {k: v.detach().requires_grad_(True) for k, v in cur.items()}
         return {k: v if create_graph else v.detach() for k, v in cur.items()}
@@ -176,11 +194,14 @@ class MetaTRPOStep:
         """``(J, KL, quantities at theta)`` for shared parameters ``theta`` (DESIGN.md section 2).
 
         With ``old=None`` the old policy is ``theta`` itself (``J`` is then ``-a1 mean A - a2 mean A`` and
-        ``KL = 0``, but both keep their graphs for the gradient and the Fisher-vector product).
+        ``KL = 0``, but both keep their graphs for the gradient and the Fisher-vector product). Per-parameter
+        methods evaluate stage ``i`` at ``theta_old + W_i (theta - theta_old)`` (:mod:`rkmeta_rl.rl.stage_weights`).
         """
         d0 = train[0]
         n_tasks = d0.num_tasks
-        theta_t = per_task(theta, n_tasks)
+        base = old.theta if old is not None else {k: v.detach() for k, v in theta.items()}
+        sc1, sc2 = self.scales
+        theta_t = per_task(scaled_point(theta, base, sc1), n_tasks)
         mu0, ls0 = self.policy.mean_log_std(theta_t, d0.obs)
         logp0 = gaussian_log_prob(mu0, ls0, d0.actions)
         j = torch.zeros((), dtype=mu0.dtype, device=mu0.device)
@@ -196,18 +217,23 @@ class MetaTRPOStep:
         adapted: list[Params] = []
         if self.adapts:
             if valid is None:
-                raise ValueError(f"{self.tableau.name} adapts: valid episodes (D1) are required")
+                raise ValueError(f"{self.method_name} adapts: valid episodes (D1) are required")
             second = create_graph and not self.first_order
-            # inner step 1 reuses the forward pass on D0 above
-            inner0 = -d0.masked_mean(logp0 * d0.advantages).sum()
+            if sc2 == sc1:
+                # inner step 1 reuses the forward pass on D0 above
+                start, logp_start = theta_t, logp0
+            else:  # stage 2 starts from its own scaled point
+                start = per_task(scaled_point(theta, base, sc2), n_tasks)
+                logp_start = self.policy.log_prob(start, d0.obs, d0.actions)
+            inner0 = -d0.masked_mean(logp_start * d0.advantages).sum()
             # the D0 forward pass is shared with the a1 terms: keep it when they are differentiated
-            g0 = torch.autograd.grad(inner0, list(theta_t.values()), create_graph=second, retain_graph=create_graph)
-            cur = {k: v - self.alpha * g for (k, v), g in zip(theta_t.items(), g0)}
+            g0 = torch.autograd.grad(inner0, list(start.values()), create_graph=second, retain_graph=create_graph)
+            cur = inner_step(start, g0, self.alpha)
             adapted.append({k: v.detach() for k, v in cur.items()})
             for batch in train[1:]:
                 lk = reinforce_loss(self.policy, cur, batch).sum()
                 gk = torch.autograd.grad(lk, list(cur.values()), create_graph=second)
-                cur = {k: v - self.alpha * g for (k, v), g in zip(cur.items(), gk)}
+                cur = inner_step(cur, gk, self.alpha)
                 adapted.append({k: v.detach() for k, v in cur.items()})
             with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):  # no graph for evaluations
                 mu1, ls1 = self.policy.mean_log_std(cur, valid.obs)
@@ -233,9 +259,10 @@ class MetaTRPOStep:
 
             theta'_sub(theta) = theta'_old + (theta - theta_old) - alpha (g_sub(theta) - g_sub(theta_old))
 
-        (chained the same way for several inner steps), which equals ``theta'_old`` at ``theta_old`` and has the
-        Jacobian ``I - alpha H_sub`` there, so the Hessian of this KL at ``theta_old`` is
-        ``a1 F0_sub + a2 mean_T J_sub^T F1_sub J_sub``: the exact Fisher-vector product of the subsampled data
+        (chained the same way for several inner steps; ``alpha`` per group), which equals ``theta'_old`` at
+        ``theta_old`` and has the Jacobian ``I - alpha H_sub`` there, so the Hessian of this KL at ``theta_old`` is
+        ``a1 F0_sub + a2 mean_T J_sub^T F1_sub J_sub`` (with the scales ``W_i`` of per-parameter methods on both
+        sides): the exact Fisher-vector product of the subsampled data
         (with ``stride=1``, exactly that of :meth:`objective`). ``old`` holds ``theta_old``.
         """
         def sub(b: FlatBatch) -> FlatBatch:
@@ -243,14 +270,14 @@ class MetaTRPOStep:
                              b.masks[:, ::stride])
 
         d0 = sub(train[0])
-        theta_t = per_task(theta, d0.num_tasks)
         kl = torch.zeros((), dtype=old.mu0.dtype, device=old.mu0.device)
         if self.a1 != 0.0:
+            theta_t = per_task(scaled_point(theta, old.theta, self.scales[0]), d0.num_tasks)
             mu0, ls0 = self.policy.mean_log_std(theta_t, d0.obs)
             kl = kl + self.a1 * kl_to(old.mu0[:, ::stride], old.ls0, mu0, ls0, d0).mean()
         if self.adapts:
             assert valid is not None and old.mu1 is not None and old.ls1 is not None
-            cur = theta_t
+            cur = per_task(scaled_point(theta, old.theta, self.scales[1]), d0.num_tasks)
             for k, batch in enumerate(train):
                 b = sub(batch)
                 start = per_task(old.theta, d0.num_tasks) if k == 0 else old.adapted[k - 1]
@@ -258,8 +285,8 @@ class MetaTRPOStep:
                 g_start = torch.autograd.grad(reinforce_loss(self.policy, start, b).sum(), list(start.values()))
                 lk = reinforce_loss(self.policy, cur, b).sum()
                 gk = torch.autograd.grad(lk, list(cur.values()), create_graph=not self.first_order)
-                cur = {n: old.adapted[k][n] + (v - start[n].detach()) - self.alpha * (g - gs)
-                       for (n, v), g, gs in zip(cur.items(), gk, g_start)}
+                cur = inner_step({n: old.adapted[k][n] + (v - start[n].detach()) for n, v in cur.items()},
+                                 [g - gs for g, gs in zip(gk, g_start)], self.alpha)
             d1 = sub(valid)
             mu1, ls1 = self.policy.mean_log_std(cur, d1.obs)
             kl = kl + self.a2 * kl_to(old.mu1[:, ::stride], old.ls1, mu1, ls1, d1).mean()
@@ -279,18 +306,19 @@ class MetaTRPOStep:
         batches = [sub(b) for b in (train if self.adapts else train[:1])]
         d1 = sub(valid) if self.adapts and valid is not None else None
         return GaussNewtonFVP.build(self.policy, old.theta, batches, d1, old.adapted, self.a1, self.a2, self.alpha,
-                                    self.first_order)
+                                    self.first_order, scales=self.scales)
 
     def _prepare_gauss_newton(self, theta: Params, train: Sequence[FlatBatch], valid: FlatBatch | None
                               ) -> tuple[float, torch.Tensor, _Old, GaussNewtonFVP]:
         """``(J, grad J, old quantities, Fisher-vector product)`` at ``theta_old = theta`` without autograd.
 
         At ``theta_old`` every ratio ``pi / pi_old`` is 1, so the gradient of ``surr(pi; D)`` is that of the
-        REINFORCE loss on ``D``, and ``grad J = mean_T [a1 grad L_S(theta; D0) + a2 J^T grad L_S(theta'; D1)]``
-        with ``J^T`` the inner steps' ``I - alpha H`` in reverse. The forward passes, the D0 and D1 cotangents and
-        the inner steps' Hessian-vector caches are those of the Fisher-vector product (:mod:`rkmeta_rl.rl.fisher`),
-        shared when ``fvp_subsample`` is 1. The old quantities equal :meth:`objective`'s (the forward passes are
-        the same operations; the inner gradients agree to rounding).
+        REINFORCE loss on ``D``, and ``grad J = mean_T [a1 W1 grad L_S(theta; D0) + a2 W2 J^T grad L_S(theta'; D1)]``
+        with ``J^T`` the inner steps' ``I - H alpha`` in reverse (``W_i = 1`` for one method everywhere). The
+        forward passes, the D0 and D1 cotangents and the inner steps' Hessian-vector caches are those of the
+        Fisher-vector product (:mod:`rkmeta_rl.rl.fisher`), shared when ``fvp_subsample`` is 1. The old
+        quantities equal :meth:`objective`'s (the forward passes are the same operations; the inner gradients agree
+        to rounding).
         """
         d0 = train[0]
         n_tasks = d0.num_tasks
@@ -302,20 +330,20 @@ class MetaTRPOStep:
         grad: Params | None = None
         if self.a1 != 0.0:
             j = j + self.a1 * surrogate_loss(logp0, logp0, d0).mean()
-            grad = {k: self.a1 / n_tasks * v for k, v in c0.reinforce_grad().items()}
+            grad = scale({k: self.a1 / n_tasks * v for k, v in c0.reinforce_grad().items()}, self.scales[0])
         logp1 = mu1 = ls1 = None
         adapted: list[Params] = []
         inner: list[MLPCache] = []
         c1 = None
         if self.adapts:
             if valid is None:
-                raise ValueError(f"{self.tableau.name} adapts: valid episodes (D1) are required")
+                raise ValueError(f"{self.method_name} adapts: valid episodes (D1) are required")
             cur: Params = theta_t
             for k, batch in enumerate(train):
                 ck = c0 if k == 0 else MLPCache(self.policy, cur, batch, reinforce=True)
                 inner.append(ck)
                 gk = ck.reinforce_grad()
-                cur = {n: v - self.alpha * gk[n] for n, v in cur.items()}
+                cur = inner_step(cur, gk, self.alpha)
                 adapted.append(cur)
             c1 = MLPCache(self.policy, cur, valid, reinforce=True)
             mu1, ls1 = c1.mu, GaussianMLPPolicy._log_std(cur, c1.mu.dim() - 1)
@@ -325,14 +353,14 @@ class MetaTRPOStep:
                 inner = []
             g1 = c1.reinforce_grad()
             for ck in reversed(inner):
-                g1 = ck.inner_jacobian(g1, self.alpha)
-            g1 = {k: self.a2 / n_tasks * v for k, v in g1.items()}
+                g1 = ck.inner_jacobian(g1, self.alpha, transpose=True)
+            g1 = scale({k: self.a2 / n_tasks * v for k, v in g1.items()}, self.scales[1])
             grad = g1 if grad is None else {k: grad[k] + g1[k] for k in grad}
         assert grad is not None
         flat_grad = flatten([grad[k].sum(0) for k in theta])
         old = _Old(logp0, mu0, ls0, logp1, mu1, ls1, adapted, theta)
         if self.fvp_stride == 1:
-            fisher = GaussNewtonFVP(theta, self.a1, self.a2, self.alpha, c0, inner, c1)
+            fisher = GaussNewtonFVP(theta, self.a1, self.a2, self.alpha, c0, inner, c1, scales=self.scales)
         else:
             fisher = self.gauss_newton_fvp(train, valid, old, self.fvp_stride)
         return float(j.item()), flat_grad, old, fisher

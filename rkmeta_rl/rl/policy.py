@@ -5,7 +5,15 @@ Optimization", ICML 2015): an MLP maps the observation to the action mean; a lea
 ``log_std`` vector sets the diagonal covariance.
 
 Parameters are a flat dict ``{"w0", "b0", ..., "w{L}", "b{L}", "log_std"}`` with ``w_i`` of shape
-``[out, in]`` (``torch.nn.Linear`` layout). Two kinds of parameter dicts are accepted everywhere:
+``[out, in]`` (``torch.nn.Linear`` layout), in that order. ``L = len(hidden_sizes)``: ``w0, b0`` is the first
+hidden layer, ``w{L}, b{L}`` the output layer (the action mean), ``log_std [act_dim]`` the state-independent
+log standard deviation. The default ``(100, 100)`` policy has ``w0 b0 w1 b1 w2 b2 log_std``. Per-parameter RK
+methods and ``adapt=`` take glob patterns over these names (``|`` joins alternatives): the policy's head, output
+layer and ``log_std``, is ``"w2|b2|log_std"`` for two hidden layers (:attr:`GaussianMLPPolicy.head_pattern`
+gives it for any depth), and the body is everything else, for example
+``method={policy.head_pattern: "midpoint", "*": "ralston"}`` or ``adapt=policy.head_pattern`` (ANIL).
+
+Two kinds of parameter dicts are accepted everywhere:
 
 * **shared**: ``w_i [out, in]``, ``b_i [out]``, ``log_std [act_dim]``; observations ``[..., obs_dim]``.
 * **per task**: every tensor has a leading task dimension ``T`` (``w_i [T, out, in]``, ``log_std [T, act_dim]``);
@@ -23,7 +31,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-__all__ = ["GaussianMLPPolicy", "Params", "ACTIVATIONS", "per_task", "is_per_task", "gaussian_log_prob"]
+__all__ = ["GaussianMLPPolicy", "Params", "ACTIVATIONS", "per_task", "is_per_task", "gaussian_log_prob",
+           "gaussian_kl"]
 
 Params = dict[str, torch.Tensor]
 
@@ -37,6 +46,17 @@ def gaussian_log_prob(mu: torch.Tensor, log_std: torch.Tensor, actions: torch.Te
     broadcastable to them; returns ``[...]``."""
     z = (actions - mu) * torch.exp(-log_std)
     return -0.5 * (z * z).sum(-1) - log_std.sum(-1) - 0.5 * mu.shape[-1] * _LOG_2PI
+
+
+def gaussian_kl(mu_old: torch.Tensor, ls_old: torch.Tensor, mu: torch.Tensor, ls: torch.Tensor) -> torch.Tensor:
+    """``KL(N(mu_old, e^ls_old) || N(mu, e^ls))`` of diagonal Gaussians, summed over the last dim: ``[...]``.
+
+    ``KL = sum_d [ ls - ls_old + (e^{2 ls_old} + (mu_old - mu)^2) / (2 e^{2 ls}) - 1/2 ]``; ``mu_old, mu
+    [..., d]``, ``ls_old, ls`` broadcastable to them.
+    """
+    var_ratio = torch.exp(2.0 * (ls_old - ls))
+    d = (mu_old - mu) * torch.exp(-ls)
+    return (ls - ls_old + 0.5 * (var_ratio + d * d) - 0.5).sum(-1)
 
 
 def is_per_task(params: Mapping[str, torch.Tensor]) -> bool:
@@ -103,6 +123,12 @@ class GaussianMLPPolicy(nn.Module):
         self.log_std = nn.Parameter(torch.full((self.act_dim,), self.init_log_std, dtype=dtype, device=device))
 
     # ---- parameters -------------------------------------------------------------------------------
+    @property
+    def head_pattern(self) -> str:
+        """The glob pattern of the policy's head (output layer and ``log_std``): ``"w{L}|b{L}|log_std"``."""
+        last = self.num_layers - 1
+        return f"w{last}|b{last}|log_std"
+
     def params(self) -> Params:
         """``{name: nn.Parameter}``, in a fixed order (layers, then ``log_std``)."""
         return dict(self.named_parameters())
@@ -171,9 +197,7 @@ class GaussianMLPPolicy(nn.Module):
         """
         mu0, ls0 = self.mean_log_std(params_old, obs)
         mu1, ls1 = self.mean_log_std(params_new, obs)
-        var_ratio = torch.exp(2.0 * (ls0 - ls1))
-        d = (mu0 - mu1) * torch.exp(-ls1)
-        return (ls1 - ls0 + 0.5 * (var_ratio + d * d) - 0.5).sum(-1)
+        return gaussian_kl(mu0, ls0, mu1, ls1)
 
     def sample(self, params: Mapping[str, torch.Tensor], obs: torch.Tensor, generator: torch.Generator | None = None,
                deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,230 @@
+#!/usr/bin/env python
+"""The per-layer RK study the MAML-RK paper proposes (Im, Jiang and Verma, 2019, https://arxiv.org/abs/1910.07368).
+
+Over seeds, on Omniglot 5-way 1-shot (the paper's protocol: one query image per class in training and
+evaluation, MAML's meta-batch 32, inner rate 0.4, one inner step, three test steps) and on 2D navigation (the
+reference setting: 2x64 tanh policy, inner rate 0.1, 20 tasks x 20 trajectories), it trains
+
+* uniform midpoint (MAML) and uniform ralston;
+* the head on midpoint with the body on ralston, heun, itb or euler (the paper's proposal: moving down the
+  network shifts weight from a2 to a1);
+* ANIL (Raghu et al., 2019, https://arxiv.org/abs/1909.09157): midpoint, only the head adapted.
+
+Every run is ``scripts/train_fewshot.py`` / ``scripts/train_nav.py`` in a subprocess with explicit flags, into
+``OUT/<benchmark>/<variant>/s<seed>``; a run whose ``metrics.json`` exists is skipped, so an interrupted study
+resumes where it stopped. The table (mean and a Student-t 95% interval over seeds) and the plot go to
+``--docs`` (``per_layer_study.md``, ``per_layer_study.png``). The score is Omniglot's test accuracy after the
+test steps on fresh episodes, and navigation's post-adaptation return (mean of the last 10 iterations).
+
+    python scripts/per_layer_study.py --out runs/per_layer --seeds 0 1 2 --omniglot-iterations 300 \\
+        --nav-iterations 100
+
+The last line printed is a JSON object with the table's numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_OMNIGLOT = os.path.join(ROOT, "..", "shared", "data", "omniglot")
+
+#: two-sided 95% Student-t quantiles t(0.975, df), df = 1..30 (larger df use the normal 1.96)
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+#: the parameter patterns of each benchmark's head (conv4's linear layer; the 2-hidden-layer policy's output)
+HEADS = {"omniglot": "fc.*", "nav": "w2|b2|log_std"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of the study: ``method`` with ``{head}`` for the benchmark's head pattern."""
+
+    key: str
+    label: str
+    method: str
+    adapt_head: bool = False
+
+    def flags(self, benchmark: str) -> list[str]:
+        head = HEADS[benchmark]
+        out = ["--method", self.method.format(head=head)]
+        if self.adapt_head:
+            out += ["--adapt", head.replace("|", ",")]
+        return out
+
+
+VARIANTS = (
+    Variant("midpoint", "uniform midpoint (MAML)", "midpoint"),
+    Variant("ralston", "uniform ralston", "ralston"),
+    Variant("head-midpoint_body-ralston", "head midpoint, body ralston", "{head}=midpoint,*=ralston"),
+    Variant("head-midpoint_body-heun", "head midpoint, body heun", "{head}=midpoint,*=heun"),
+    Variant("head-midpoint_body-itb", "head midpoint, body itb", "{head}=midpoint,*=itb"),
+    Variant("head-midpoint_body-euler", "head midpoint, body euler", "{head}=midpoint,*=euler"),
+    Variant("anil", "ANIL (midpoint, head adapted)", "midpoint", adapt_head=True),
+)
+
+
+def t975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df >= 1`` degrees of freedom (table above; 1.96 beyond 30)."""
+    if df < 1:
+        raise ValueError(f"df must be >= 1, got {df}")
+    return T975[df - 1] if df <= len(T975) else 1.96
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float | None]:
+    """``(mean, half-width of the Student-t 95% interval)``; the half-width is None for fewer than 2 values."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values")
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, t975(n - 1) * sd / math.sqrt(n)
+
+
+def run_command(benchmark: str, variant: Variant, seed: int, logdir: str, args: argparse.Namespace) -> list[str]:
+    """The training script's command line, every setting explicit."""
+    if benchmark == "omniglot":
+        return [sys.executable, os.path.join(ROOT, "scripts", "train_fewshot.py"), "--dataset", "omniglot",
+                "--ways", "5", "--shots", "1", "--queries", "1", *variant.flags(benchmark),
+                "--meta-batch-size", str(args.omniglot_meta_batch_size), "--inner-lr", "0.4", "--inner-steps", "1",
+                "--test-inner-steps", "3", "--iterations", str(args.omniglot_iterations), "--seed", str(seed),
+                "--data-root", args.omniglot_root, "--eval-tasks", str(args.omniglot_eval_tasks),
+                "--eval-interval", "0", "--checkpoint-interval", str(max(1, args.omniglot_iterations)),
+                "--device", "cpu", "--threads", str(args.threads), "--logdir", logdir, "--no-progress"]
+    return [sys.executable, os.path.join(ROOT, "scripts", "train_nav.py"), "--config", "reference",
+            *variant.flags(benchmark), "--iterations", str(args.nav_iterations),
+            "--meta-batch-size", str(args.nav_meta_batch_size), "--fast-batch-size", str(args.nav_fast_batch_size),
+            "--seed", str(seed), "--figure-interval", "0", "--checkpoint-interval", str(max(1, args.nav_iterations)),
+            "--device", "cpu", "--threads", str(args.threads), "--logdir", logdir, "--no-progress"]
+
+
+def score(benchmark: str, metrics: dict) -> float:
+    """The study's score of one run: Omniglot test accuracy, navigation post-adaptation return."""
+    return float(metrics["accuracy"] if benchmark == "omniglot" else metrics["post_return"])
+
+
+def run_all(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
+    """Run (or skip, when finished) every benchmark x variant x seed; ``{benchmark: {variant key: scores}}``."""
+    out: dict[str, dict[str, list[float]]] = {}
+    variants = [v for v in VARIANTS if not args.variants or v.key in args.variants]
+    for benchmark in args.benchmarks:
+        out[benchmark] = {}
+        for variant in variants:
+            scores = []
+            for seed in args.seeds:
+                logdir = os.path.join(args.out, benchmark, variant.key, f"s{seed}")
+                path = os.path.join(logdir, "metrics.json")
+                if not os.path.isfile(path):
+                    cmd = run_command(benchmark, variant, seed, logdir, args)
+                    print(f"[run] {' '.join(cmd)}", flush=True)
+                    t0 = time.perf_counter()
+                    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                    if proc.returncode != 0:
+                        raise RuntimeError(f"{benchmark}/{variant.key}/s{seed} failed:\n{proc.stderr[-3000:]}")
+                    print(f"[done] {benchmark}/{variant.key}/s{seed} in {time.perf_counter() - t0:.0f} s", flush=True)
+                else:
+                    print(f"[skip] {benchmark}/{variant.key}/s{seed}: finished", flush=True)
+                with open(path) as f:
+                    scores.append(score(benchmark, json.load(f)))
+            out[benchmark][variant.key] = scores
+    return out
+
+
+def table(results: dict[str, dict[str, list[float]]], args: argparse.Namespace) -> str:
+    """A markdown table: one row per variant, mean ± Student-t 95% half-width per benchmark."""
+    benches = list(results)
+    names = {"omniglot": f"Omniglot 5w1s accuracy ({args.omniglot_iterations} it)",
+             "nav": f"2D nav post-adaptation return ({args.nav_iterations} it)"}
+    lines = ["| variant | " + " | ".join(names[b] for b in benches) + " |",
+             "|---|" + "---|" * len(benches)]
+    for v in VARIANTS:
+        if not all(v.key in results[b] for b in benches):
+            continue
+        cells = []
+        for b in benches:
+            m, hw = mean_interval(results[b][v.key])
+            cells.append(f"{m:.4g}" + ("" if hw is None else f" ± {hw:.2g}") + f" (n={len(results[b][v.key])})")
+        lines.append(f"| {v.label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict[str, list[float]]], path: str) -> None:
+    """One panel per benchmark: the mean per variant with its 95% interval and the seeds' values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 3.8), squeeze=False)
+    for ax, (bench, res) in zip(axes[0], results.items()):
+        keys = [v for v in VARIANTS if v.key in res]
+        for i, v in enumerate(keys):
+            m, hw = mean_interval(res[v.key])
+            ax.errorbar([i], [m], yerr=None if hw is None else [[hw], [hw]], fmt="o", capsize=4, color="C0")
+            ax.plot([i] * len(res[v.key]), res[v.key], ".", color="0.6")
+        ax.set_xticks(range(len(keys)))
+        ax.set_xticklabels([v.label for v in keys], rotation=35, ha="right", fontsize=7)
+        ax.set_title("Omniglot 5-way 1-shot: test accuracy" if bench == "omniglot"
+                     else "2D navigation: post-adaptation return", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="folder of the runs (one per benchmark x variant x seed)")
+    p.add_argument("--docs", default=os.path.join(ROOT, "docs"), help="where the table and the plot go")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--benchmarks", nargs="+", choices=("omniglot", "nav"), default=["omniglot", "nav"])
+    p.add_argument("--variants", nargs="+", choices=[v.key for v in VARIANTS], default=None,
+                   help="a subset of the variants (default all)")
+    p.add_argument("--omniglot-root", default=DEFAULT_OMNIGLOT)
+    p.add_argument("--omniglot-iterations", type=int, default=300)
+    p.add_argument("--omniglot-meta-batch-size", type=int, default=32)
+    p.add_argument("--omniglot-eval-tasks", type=int, default=600)
+    p.add_argument("--nav-iterations", type=int, default=100)
+    p.add_argument("--nav-meta-batch-size", type=int, default=20)
+    p.add_argument("--nav-fast-batch-size", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    for name in ("omniglot_iterations", "omniglot_meta_batch_size", "omniglot_eval_tasks", "nav_iterations",
+                 "nav_meta_batch_size", "nav_fast_batch_size", "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if "omniglot" in args.benchmarks and not os.path.isdir(args.omniglot_root):
+        p.error(f"--omniglot-root {args.omniglot_root!r} is not a folder")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    results = run_all(args)
+    md = table(results, args)
+    os.makedirs(args.docs, exist_ok=True)
+    with open(os.path.join(args.docs, "per_layer_study.md"), "w") as f:
+        f.write("# Per-layer RK methods: study results\n\nMean and Student-t 95% interval over seeds "
+                f"{args.seeds}.\n\n{md}\n\nCommand:\n\n    python scripts/per_layer_study.py "
+                + " ".join(sys.argv[1:] if argv is None else argv) + "\n")
+    plot(results, os.path.join(args.docs, "per_layer_study.png"))
+    print(md)
+    summary = {b: {k: dict(zip(("mean", "ci95"), mean_interval(v))) | {"values": v} for k, v in r.items()}
+               for b, r in results.items()}
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
