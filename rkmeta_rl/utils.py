@@ -60,10 +60,11 @@ def mean_ci95(values: Sequence[float] | np.ndarray | torch.Tensor) -> tuple[floa
     return float(arr.mean()), float(1.96 * arr.std(ddof=1) / math.sqrt(arr.size))
 
 
-def atomic_write(path: str, write: Callable[[Any], None], binary: bool = True) -> str:
+def atomic_write(path: str, write: Callable[[Any], None], binary: bool = True, mode: int | None = None) -> str:
     """The one atomic write: ``write(fh)`` fills a temporary file in ``path``'s folder, which is flushed,
     fsync-ed and renamed onto ``path`` (``os.replace`` is atomic on POSIX and Windows), so ``path`` always holds
     either its previous complete content or the new complete one. On any error the temporary file is removed.
+    ``mode`` sets the file's permissions (the temporary file is created 0600).
 
     Returns:
         ``path``.
@@ -76,6 +77,8 @@ def atomic_write(path: str, write: Callable[[Any], None], binary: bool = True) -
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

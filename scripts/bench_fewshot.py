@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rkmeta_rl.data import omniglot_root
 from rkmeta_rl.rk import choose_path, meta_gradient
 from rkmeta_rl.supervised.conv4 import conv4_losses, init_conv4
 from rkmeta_rl.supervised.episodes import EpisodeSampler, TaskBatch
-from rkmeta_rl.data import omniglot_root
 from rkmeta_rl.supervised.omniglot import load_omniglot, omniglot_splits
 
 PATHS = ("loop", "vmap")

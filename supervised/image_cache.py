@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import zipfile
 import zlib
 from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +33,8 @@ from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from rkmeta_rl.utils import atomic_write
 
 __all__ = [
     "ImageDecodeError", "default_cache_dir", "resolve_cache_dir", "check_writable_dir", "cache_file",
@@ -119,21 +120,8 @@ def file_fingerprint(root: Path, files: Sequence[Path]) -> str:
 
 
 def _write_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache is as readable as the data it derives from
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    # a cache is as readable as the data it derives from (0644), not private like a temporary file
+    atomic_write(str(path), lambda fh: np.savez(fh, **arrays), mode=0o644)
 
 
 def load_or_build(path: Path, build: Callable[[], Mapping[str, np.ndarray]],

@@ -43,8 +43,14 @@ import torch
 from PIL import Image
 
 from .class_split import ClassSplit
-from .image_cache import (ImageDecodeError, cache_file, file_fingerprint, load_or_build, map_with_progress,
-                          resolve_cache_dir)
+from .image_cache import (
+    ImageDecodeError,
+    cache_file,
+    file_fingerprint,
+    load_or_build,
+    map_with_progress,
+    resolve_cache_dir,
+)
 
 __all__ = [
     "BACKGROUND", "EVALUATION", "SUBSETS", "NUM_BACKGROUND_CHARACTERS", "NUM_EVALUATION_CHARACTERS",

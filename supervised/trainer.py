@@ -34,8 +34,16 @@ from rkmeta_rl.distributed import (
     split_batch,
 )
 from rkmeta_rl.errors import ConfigMismatchError, NonFiniteError
-from rkmeta_rl.rk import (LossFn, Params, PerStage, StepSizes, adapt_and_score, meta_gradient, parse_method_spec,
-                          resolve_groups)
+from rkmeta_rl.rk import (
+    LossFn,
+    Params,
+    PerStage,
+    StepSizes,
+    adapt_and_score,
+    meta_gradient,
+    parse_method_spec,
+    resolve_groups,
+)
 from rkmeta_rl.utils import mean_ci95
 
 from .config import FewShotConfig, MetaTrainConfig

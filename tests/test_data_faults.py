@@ -25,7 +25,8 @@ def _tree(base: Path, chars: int = 2, drawings: int = 3) -> None:
             d = base / subset / "Alpha" / f"character{c + 1:02d}"
             d.mkdir(parents=True)
             for k in range(drawings):
-                Image.fromarray(rng.random((105, 105)) > 0.3).convert("1").save(d / f"{c}_{k:02d}.png", compress_level=0)
+                img = Image.fromarray(rng.random((105, 105)) > 0.3).convert("1")
+                img.save(d / f"{c}_{k:02d}.png", compress_level=0)
 
 
 def _no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:

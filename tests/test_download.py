@@ -24,11 +24,17 @@ from typing import Iterator
 
 import numpy as np
 import pytest
+from conftest import HAVE_OMNIGLOT, OMNIGLOT_ROOT
 from PIL import Image
 
-from conftest import HAVE_OMNIGLOT, OMNIGLOT_ROOT
-from rkmeta_rl.data import (OMNIGLOT_ARCHIVES, ChecksumError, DownloadError, default_data_root, download_omniglot,
-                            omniglot_root)
+from rkmeta_rl.data import (
+    OMNIGLOT_ARCHIVES,
+    ChecksumError,
+    DownloadError,
+    default_data_root,
+    download_omniglot,
+    omniglot_root,
+)
 from rkmeta_rl.supervised import omniglot as og
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +76,7 @@ class _Server:
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 outer.requests.append(self.path)
                 body = outer.files.get(self.path)
                 if body is None:
@@ -158,7 +164,7 @@ def test_download_then_idempotent_then_load(server: _Server, archives: dict[str,
     # the loader reads the downloaded tree: every file of the archive, byte for byte, as the same images
     index = og.scan_omniglot(rep.root)
     assert index.num_characters() == 8 and index.num_images == 160
-    for name, body in archives.items():
+    for _name, body in archives.items():
         with zipfile.ZipFile(io.BytesIO(body)) as zf:
             for info in zf.infolist():
                 assert (rep.root / info.filename).read_bytes() == zf.read(info)
@@ -293,7 +299,8 @@ def test_command_line(server: _Server, archives: dict[str, bytes], tmp_path: Pat
     bad = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     # the test archives are not the official ones: the official checksum refuses them
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1
-    assert "checksum mismatch for images_background.zip" in bad.stderr and "68d2efa1b9178cc56df9314c21c6e718" in bad.stderr
+    assert "checksum mismatch for images_background.zip" in bad.stderr
+    assert "68d2efa1b9178cc56df9314c21c6e718" in bad.stderr
     assert _leftovers(tmp_path) == []
     # with the archives in place, the command only reports
     download_omniglot(tmp_path, url_base=server.url, progress=False, md5s=_md5s(archives))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-import rkmeta_rl.envs  # noqa: F401  (registers rkmeta/Navigation2D-v0)
+import rkmeta_rl.envs
 from rkmeta_rl.envs import NAVIGATION_ID, Navigation2D, NavigationTwin
 
 

@@ -1,8 +1,8 @@
 """Omniglot loading: real counts, preprocessing (LANCZOS on greyscale), MAML split, cache, layout errors.
 
-The real dataset (``$RKMETA_OMNIGLOT``; those tests skip without it) is preprocessed once per test session into a session temporary
-cache (measured: about 15 s for the 32,460 PNGs on a 2-core CPU, 25 MB cache); set $RKMETA_CACHE to reuse a
-persistent cache across sessions.
+The real dataset (``$RKMETA_OMNIGLOT``; those tests skip without it) is preprocessed once per test session into a
+session temporary cache (measured: about 15 s for the 32,460 PNGs on a 2-core CPU, 25 MB cache); set
+$RKMETA_CACHE to reuse a persistent cache across sessions.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import OMNIGLOT_ROOT, needs_omniglot
 from PIL import Image
 
-from conftest import OMNIGLOT_ROOT, needs_omniglot
 from rkmeta_rl.supervised import omniglot as og
 
 needs_data = needs_omniglot
@@ -95,7 +95,7 @@ def test_preprocessing_is_lanczos_on_greyscale(omniglot_data: og.OmniglotData) -
     assert np.array_equal(imgs[0], expect)
     assert set(np.unique(trap).tolist()) <= {0, 255} and not np.array_equal(expect, trap)
     x = og.omniglot_splits(omniglot_data).test.fetch(0, np.arange(20))
-    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
 
 
 @needs_data

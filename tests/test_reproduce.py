@@ -7,10 +7,14 @@ import os
 import runpy
 
 import pytest
-
 from conftest import OMNIGLOT_ROOT
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "reproduce.py")
+
+
+def _read(path: str) -> str:
+    with open(path) as fh:
+        return fh.read()
 
 
 def _main():
@@ -32,7 +36,7 @@ def test_smoke_runs_everything_and_writes_the_report(smoke: tuple[str, dict]) ->
     out, summary = smoke
     assert summary["errors"] == []
     assert summary["finished_runs"] == summary["planned_runs"] > 0
-    report = open(os.path.join(out, "report.md")).read()
+    report = _read(os.path.join(out, "report.md"))
     for heading in ("## Table 2", "## Table 3", "## Figure 3", "## Figure 5"):
         assert heading in report
     # every Table 2 row (2 step rules x 5 methods) has a measured number, not a placeholder
@@ -51,20 +55,20 @@ def test_smoke_runs_everything_and_writes_the_report(smoke: tuple[str, dict]) ->
 def test_finished_runs_are_skipped_and_interrupted_runs_resume(smoke: tuple[str, dict]) -> None:
     out, _ = smoke
     run = os.path.join(out, "runs", "smoke", "table2-fixed", "ralston-s0")
-    before = json.load(open(os.path.join(run, "metrics.json")))
+    before = json.loads(_read(os.path.join(run, "metrics.json")))
     os.remove(os.path.join(run, "metrics.json"))  # as if killed after its last checkpoint
     log = os.path.join(out, "runs", "smoke", "logs", "table2-fixed-ralston-s0.log")
     size = os.path.getsize(log)
     summary = _main()(["--scale", "smoke", "--only", "table2", "--out", os.path.join(out, "runs"),
                        "--report", os.path.join(out, "report2.md"), "--no-progress"])
     assert summary["errors"] == [] and summary["finished_runs"] == 10
-    after = json.load(open(os.path.join(run, "metrics.json")))
+    after = json.loads(_read(os.path.join(run, "metrics.json")))
     assert after["iterations"] == before["iterations"]
     assert after["mse_per_step"] == pytest.approx(before["mse_per_step"], rel=1e-6)
-    new_log = open(log).read()[size:]
+    new_log = _read(log)[size:]
     assert "--resume" in new_log  # the interrupted run was resumed ...
     other = os.path.join(out, "runs", "smoke", "logs", "table2-fixed-midpoint-s0.log")
-    assert open(other).read().count("# 20") == 1  # ... and no finished run started again
+    assert _read(other).count("# 20") == 1  # ... and no finished run started again
 
 
 def test_bad_flags_fail_before_any_work(tmp_path, capsys) -> None:

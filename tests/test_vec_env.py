@@ -91,7 +91,7 @@ def test_ended_envs_are_skipped() -> None:
     res = envs.step(np.zeros((3, 8), np.float32))
     assert res.terminated.tolist() == [False, True, False] and res.alive.tolist() == [True, False, True]
     t_end = base.data.time
-    for k in range(9):
+    for _k in range(9):
         res = envs.step(np.zeros((3, 8), np.float32))
         assert base.data.time == t_end and res.rewards[1] == 0.0 and not res.stepped[1]  # no physics
     assert res.truncated.tolist() == [True, False, True] and not envs.alive.any()

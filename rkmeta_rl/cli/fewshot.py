@@ -21,9 +21,9 @@ import argparse
 import time
 from typing import Any
 
-from ..rk import method_slug
 from ..distributed import DistInfo
 from ..presets import FEWSHOT_PROTOCOLS, fewshot_preset
+from ..rk import method_slug
 from ..supervised.config import FewShotConfig
 from ..supervised.trainer import MetaTrainer
 from .flags import config_from_args

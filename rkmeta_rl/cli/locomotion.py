@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
-from ..rk import method_slug
 from .. import video as rk_video  # sets MUJOCO_GL for offscreen rendering before mujoco is imported
 from ..envs.locomotion import LOCOMOTION_IDS
 from ..presets import LOCOMOTION
+from ..rk import method_slug
 from ..rl.algorithm import MetaTRPO
 from ..rl.config import MetaTRPOConfig
 from ..utils import check_positive

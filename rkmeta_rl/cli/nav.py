@@ -34,8 +34,8 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Figure
 
-from ..rk import method_slug
 from ..presets import NAV
+from ..rk import method_slug
 from ..rl.algorithm import MetaTRPO
 from ..rl.config import MetaTRPOConfig
 from ..rl.evaluation import trajectory_figure

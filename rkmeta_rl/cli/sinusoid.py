@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ..rk import method_slug
 from ..distributed import DistInfo
 from ..presets import SINUSOID
+from ..rk import method_slug
 from ..supervised.config import MetaTrainConfig
 from ..supervised.sinusoid_problem import SinusoidProblem
 from ..supervised.trainer import MetaTrainer

@@ -86,7 +86,7 @@ def download_file(url: str, dest: Path, md5: str, *, progress: bool = True, time
     try:
         with os.fdopen(fd, "wb") as out:
             try:
-                with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (scheme checked)
+                with urllib.request.urlopen(url, timeout=timeout) as resp:
                     length = resp.headers.get("Content-Length")
                     total = int(length) if length and length.isdigit() else None
                     with tqdm(total=total, desc=dest.name, unit="B", unit_scale=True, unit_divisor=1024,

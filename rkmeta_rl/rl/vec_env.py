@@ -19,6 +19,7 @@ Layout: env ``n`` runs task ``n // per_env_repeat`` (``set_tasks``), so ``[H, N]
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import multiprocessing as mp
 from dataclasses import dataclass, field
@@ -492,7 +493,5 @@ class BatchedEnvs:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
