@@ -1,4 +1,4 @@
-"""Task families (DESIGN.md section 3) and their Gymnasium registration under the ``rkmeta/`` namespace.
+"""Task families (docs/task_families.md) and their Gymnasium registration under the ``rkmeta/`` namespace.
 
 Importing this package registers the built-in families; registering twice is a no-op.
 """

@@ -1,4 +1,4 @@
-"""MuJoCo locomotion task families (DESIGN.md section 3) on Gymnasium's v5 HalfCheetah and Ant models.
+"""MuJoCo locomotion task families (docs/task_families.md) on Gymnasium's v5 HalfCheetah and Ant models.
 
 Families, task distributions and rewards follow MAML (Finn, Abbeel and Levine, "Model-Agnostic Meta-Learning
 for Fast Adaptation of Deep Networks", ICML 2017; its code ``cbfinn/maml_rl``, ``rllab/envs/mujoco/

@@ -1,4 +1,4 @@
-"""2D navigation task family (DESIGN.md section 3) and its batched pure-torch twin.
+"""2D navigation task family (docs/task_families.md) and its batched pure-torch twin.
 
 The environment follows the 2D navigation benchmark of MAML (Finn, Abbeel and Levine, "Model-Agnostic
 Meta-Learning for Fast Adaptation of Deep Networks", ICML 2017) as implemented in the reference MAML-RL code
@@ -51,7 +51,7 @@ class Navigation2D(gym.Env):
     ``|dy|`` are both below ``goal_tolerance``. Truncation at the horizon comes from the registration
     (``max_episode_steps=100``).
 
-    Task-family protocol (DESIGN.md section 3): :meth:`sample_tasks`, :meth:`set_task`, :meth:`get_task`, and
+    Task-family protocol (docs/task_families.md): :meth:`sample_tasks`, :meth:`set_task`, :meth:`get_task`, and
     ``reset(options={"task": task})``.
 
     Args:

@@ -1,4 +1,4 @@
-"""Checking that an environment is a task family (DESIGN.md section 3), with errors that say what to fix.
+"""Checking that an environment is a task family (docs/task_families.md), with errors that say what to fix.
 
 A task family is a Gymnasium env whose *unwrapped* env has ``sample_tasks(num_tasks, rng) -> list``,
 ``set_task(task)`` (or accepts ``reset(options={"task": task})``) and ``get_task()``, registered under an id.

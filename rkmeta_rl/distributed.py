@@ -1,4 +1,4 @@
-"""Data-parallel helpers on ``torch.distributed`` (issue 6), launched with ``torchrun``.
+"""Data-parallel helpers on ``torch.distributed``, launched with ``torchrun``.
 
     torchrun --standalone --nproc_per_node=2 scripts/train_sinusoid.py --method ralston ...
 

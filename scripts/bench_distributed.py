@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Benchmark: seconds per meta-iteration with 1 and with 2 data-parallel processes (torchrun, gloo, CPU,
-one torch thread per process), issue 6.
+one torch thread per process).
 
     python scripts/bench_distributed.py [--trainer nav] [--iters 3]          # the default
     python scripts/bench_distributed.py --trainer sinusoid [--iters 20] [--meta-batch-size 50]

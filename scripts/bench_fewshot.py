@@ -3,7 +3,7 @@
 
 One meta-iteration = the second-order RK meta-gradient (midpoint = MAML, Finn et al., 2017; one inner step,
 alpha 0.4) over a meta-batch of 32 tasks of 5-way 1-shot with 15 queries per class, on the strided conv4 with
-64 filters (DESIGN.md section 4), plus an Adam step. Task sampling is outside the timed region; both paths see
+64 filters (docs/protocols.md), plus an Adam step. Task sampling is outside the timed region; both paths see
 the same batches. The paths alternate iteration by iteration (order flipped every iteration) in one process
 with one torch thread, after a few warm-up iterations each; the median is reported.
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""GPU check (issue 6): short runs of every trainer on CUDA, seconds per meta-iteration next to the CPU figure.
+"""GPU check: short runs of every trainer on CUDA, seconds per meta-iteration next to the CPU figure.
 
     python scripts/gpu_check.py                       # all trainers, 3 timed iterations each
     python scripts/gpu_check.py --trainers nav locomotion --iters 5

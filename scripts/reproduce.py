@@ -235,6 +235,13 @@ def execute(run: Run, log_dir: str, nproc: int, in_process: bool, device: str) -
                  for f in ("checkpoint_latest.pt", "checkpoint_final.pt"))
     if resume:
         args.append("--resume")
+    elif os.path.isdir(run.logdir) and os.listdir(run.logdir):
+        # a run that died before its first checkpoint: the training scripts refuse a used folder for a fresh
+        # run, so keep what it left beside, under a new name, and start again
+        n = 0
+        while os.path.exists(f"{run.logdir}.failed-{n}"):
+            n += 1
+        os.replace(run.logdir, f"{run.logdir}.failed-{n}")
     os.makedirs(os.path.dirname(run.logdir), exist_ok=True)
     os.makedirs(log_dir, exist_ok=True)
     log_path = os.path.join(log_dir, run.experiment + "-" + run.name.replace("/", "-") + ".log")

@@ -1,6 +1,6 @@
 """The conv4 few-shot classifier of MAML (Finn et al., 2017, section 5.2; after Vinyals et al., 2016), functional.
 
-Four blocks of ``3x3 conv -> batch norm -> ReLU``, then a linear layer (DESIGN.md section 4):
+Four blocks of ``3x3 conv -> batch norm -> ReLU``, then a linear layer (docs/protocols.md):
 
 * ``pool="stride"`` (MAML's Omniglot net, 64 filters): stride-2 convolutions (padding 1), a spatial mean,
   then ``linear(filters -> num_classes)``. 28 -> 14 -> 7 -> 4 -> 2 pixels.

@@ -1,4 +1,4 @@
-"""Sinusoid regression (Finn et al., 2017, section 5.1; DESIGN.md section 4).
+"""Sinusoid regression (Finn et al., 2017, section 5.1; docs/protocols.md).
 
 A task is ``y = A sin(x - phi)`` with amplitude ``A ~ U[0.1, 5]`` and phase ``phi ~ U[0, pi]``; inputs
 ``x ~ U[-5, 5]``; K = 10 support and K = 10 query points; the model is a 1-40-40-1 ReLU MLP.
@@ -45,7 +45,7 @@ class SinusoidTasks:
         Returns:
             a dict ``{"xs": [T, K, 1], "ys": [T, K, 1], "xq": [T, Kq, 1], "yq": [T, Kq, 1], "amp": [T],
             "phase": [T]}``; for ``stages > 2`` a :class:`~rkmeta_rl.rk.PerStage` of ``stages`` such dicts
-            for the same tasks with fresh, disjoint points (DESIGN.md section 1).
+            for the same tasks with fresh, disjoint points (docs/method.md).
         """
         if num_tasks <= 0:
             raise ValueError(f"num_tasks must be > 0, got {num_tasks}")

@@ -50,6 +50,7 @@ def test_presets() -> None:
     assert NAV["paper"] == NAV["seed"] and NAV["seed"].inner_lr == 0.16
     assert NAV["reference"].policy_kwargs == {"hidden_sizes": (64, 64), "activation": "tanh"}
     assert SINUSOID["paper"].iterations == 100_000 and SINUSOID["default"].iterations == 70_000
+    assert SINUSOID["paper"].step_rule == "fixed" and SINUSOID["default"].step_rule == "tableau"
     p = FEWSHOT["paper-omniglot-5w1s"]
     assert (p.iterations, p.queries, p.split_seed, p.test_inner_steps, p.inner_lr, p.meta_batch_size,
             p.final_eval_tasks) == (30_000, 1, None, 3, 0.4, 32, 600)

@@ -1,4 +1,4 @@
-"""Data-parallel meta-training on torch.distributed (issue 6): helpers, equivalence with one process, failures.
+"""Data-parallel meta-training on torch.distributed: helpers, equivalence with one process, failures.
 
 The multi-process tests start two gloo processes on this machine (one thread each): the equivalence test
 through ``torchrun --standalone`` (the real launcher), the failure tests with the torchrun environment variables

@@ -1,4 +1,4 @@
-"""Data-parallel MetaTRPO (issue 6, RL half): two gloo processes equal one; devices; GPU check script."""
+"""Data-parallel MetaTRPO (RL half): two gloo processes equal one; devices; GPU check script."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Plugging in a new task family with no library change (DESIGN.md section 3): a pendulum whose mass varies per
+"""Plugging in a new task family with no library change (docs/task_families.md): a pendulum whose mass varies per
 task, defined and registered here, meta-trained by ``MetaTRPO`` and by ``scripts/train_locomotion.py --module``;
 families that break the protocol are refused with errors that say what is wrong."""
 

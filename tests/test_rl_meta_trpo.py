@@ -3,7 +3,7 @@
 * ``midpoint`` equals a plainly written MAML-TRPO (per-task loop, flat parameter vector, autograd HVP, textbook
   CG and line search);
 * ``euler`` equals plain TRPO on the pre-adaptation policy;
-* ``heun`` weights the two stages as DESIGN.md section 2 says;
+* ``heun`` weights the two stages as docs/meta_rl.md says;
 * the Fisher-vector product (through the inner step) equals central finite differences of the KL gradient.
 """
 

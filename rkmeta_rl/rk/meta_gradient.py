@@ -1,4 +1,4 @@
-"""The Runge-Kutta meta-gradient (DESIGN.md section 1), on two execution paths that give the same numbers.
+"""The Runge-Kutta meta-gradient (docs/method.md), on two execution paths that give the same numbers.
 
 For a tableau ``(a, p, q)`` with ``s`` stages and step ``h``, per task::
 
@@ -56,7 +56,7 @@ class PerStage(tuple):
     """Per-stage task data for methods with more than two stages.
 
     ``PerStage([d_1, ..., d_s])``: stage 1 computes ``support_loss(theta, d_1)`` and stage ``i >= 2`` computes
-    ``query_loss(theta_i, d_i)``, so no stage adapts on data that is then scored (DESIGN.md section 1).
+    ``query_loss(theta_i, d_i)``, so no stage adapts on data that is then scored (docs/method.md).
     Each ``d_i`` is a pytree whose leaves have the task index as leading dimension. A plain pytree (not
     ``PerStage``) is shared by all stages, which is only allowed for one- and two-stage methods: there the
     support loss reads the support part and the query loss the query part of the same pytree.

@@ -3,7 +3,7 @@
 An explicit RK method with ``s`` stages is the triple ``(a, p, q)``: weights ``a`` (sum to 1), nodes ``p``
 and a strictly lower-triangular stage matrix ``q`` with ``p_i = sum_j q_ij``. MAML's meta-gradient is the
 ``midpoint`` member (Im, Jiang and Verma, "Model-Agnostic Meta-Learning using Runge-Kutta Methods", 2019;
-DESIGN.md section 1).
+docs/method.md).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Tableau:
         return self.stages > 1
 
     def step_size(self, inner_lr: float, step_rule: str = "tableau") -> float:
-        """The RK step ``h`` that makes the method adapt as DESIGN.md section 1 prescribes.
+        """The RK step ``h`` that makes the method adapt as docs/method.md prescribes.
 
         ``"tableau"``: ``h = 2 * inner_lr``, so the first adaptation step is ``q21 * h`` and ``midpoint``
         adapts with exactly MAML's ``inner_lr``. ``"fixed"``: ``h = inner_lr / p2``, so every method's first

@@ -1,5 +1,5 @@
 """Meta-reinforcement learning: functional Gaussian policies, samplers, baselines, GAE and RK-weighted
-MAML-TRPO (DESIGN.md section 2)."""
+MAML-TRPO (docs/meta_rl.md)."""
 
 from .algorithm import REFERENCE_NAV_KWARGS, MetaTRPO
 from .baseline import LinearFeatureBaseline, baseline_features, fit_linear_baseline

@@ -1,4 +1,4 @@
-"""Exact Fisher-vector products of the RK-weighted KL by Gauss-Newton products (DESIGN.md section 2).
+"""Exact Fisher-vector products of the RK-weighted KL by Gauss-Newton products (docs/meta_rl.md).
 
 At ``theta = theta_old`` the Hessian of ``KL(theta)`` (see :mod:`rkmeta_rl.rl.meta_trpo`) has the structure::
 

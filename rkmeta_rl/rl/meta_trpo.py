@@ -1,4 +1,4 @@
-"""MAML-TRPO with Runge-Kutta weighted objectives (DESIGN.md section 2).
+"""MAML-TRPO with Runge-Kutta weighted objectives (docs/meta_rl.md).
 
 Per task ``T`` of the meta-batch (Finn et al., 2017, MAML; Im, Jiang and Verma, 2019, MAML-RK; Schulman et al.,
 2015, TRPO)::
@@ -93,7 +93,7 @@ class MetaTRPOStep:
         inner_lr: MAML's inner learning rate; the method adapts with ``tableau.inner_lr(inner_lr, step_rule)``
             (``midpoint``: exactly ``inner_lr``).
         inner_steps: inner gradient steps (each on its own batch of train episodes).
-        step_rule: ``"tableau"`` or ``"fixed"`` (DESIGN.md section 1).
+        step_rule: ``"tableau"`` or ``"fixed"`` (docs/method.md).
         first_order: treat the inner gradients as constants (FOMAML-style) in ``J`` and ``KL``.
         max_kl, cg_iters, cg_damping, ls_backtrack_ratio, ls_max_steps: TRPO settings.
         fvp_subsample: fraction of each task's steps (every ``round(1/f)``-th) on which the Fisher-vector
@@ -191,7 +191,7 @@ class MetaTRPOStep:
     # ---- the RK-weighted objective ------------------------------------------------------------------
     def objective(self, theta: Mapping[str, torch.Tensor], train: Sequence[FlatBatch], valid: FlatBatch | None,
                   old: _Old | None, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor, _Old]:
-        """``(J, KL, quantities at theta)`` for shared parameters ``theta`` (DESIGN.md section 2).
+        """``(J, KL, quantities at theta)`` for shared parameters ``theta`` (docs/meta_rl.md).
 
         With ``old=None`` the old policy is ``theta`` itself (``J`` is then ``-a1 mean A - a2 mean A`` and
         ``KL = 0``, but both keep their graphs for the gradient and the Fisher-vector product). Per-parameter
@@ -373,7 +373,7 @@ class MetaTRPOStep:
         Args:
             params: ``theta_old``.
             train, valid: this process's episodes.
-            reduce: data parallelism (issue 6): ``tensors -> tensors`` averaging over the processes, weighted by
+            reduce: data parallelism: ``tensors -> tensors`` averaging over the processes, weighted by
                 their task counts (:func:`rkmeta_rl.distributed.all_reduce_mean`). The loss, the gradient, every
                 undamped Fisher-vector product and the line search's ``(J, KL)`` are means over this process's
                 tasks; passed through ``reduce`` they are the means over the whole meta-batch, identical on
