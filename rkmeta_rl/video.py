@@ -8,8 +8,8 @@ this project's CPU machine: 50-120 ms per frame with shadows, 12-36 ms without) 
 Logging: ``SummaryWriter.add_video`` needs moviepy, and silently drops the video with moviepy 2.x
 (https://github.com/pytorch/pytorch/issues/147317). :func:`log_rollout_video` does what ``add_video`` does
 internally without it: it encodes an animated GIF with Pillow and writes a ``Summary.Image`` whose
-``encoded_image_string`` is the GIF, which TensorBoard's Images tab plays. It takes a ``SummaryWriter`` or a Stable-Baselines3 ``Logger`` (its
-TensorBoard output's writer).
+``encoded_image_string`` is the GIF, which TensorBoard's Images tab plays. It takes a ``SummaryWriter`` or a
+Stable-Baselines3 ``Logger`` (its TensorBoard output's writer).
 
     frames = render_task_rollouts("rkmeta/HalfCheetahVel-v0", tasks[:3], policy_fn, horizon=100)
     log_rollout_video(writer, "rollouts/post_adaptation", frames, step=iteration, fps=20)
