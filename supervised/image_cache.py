@@ -51,6 +51,26 @@ class ImageDecodeError(ValueError):
     """An image file could not be decoded; the message names the file."""
 
 
+def decode_image(path: str | os.PathLike[str], mode: str, image_size: int, what: str) -> np.ndarray:
+    """The image at ``path`` in Pillow ``mode`` (``"L"``: ``uint8 [s, s]``; ``"RGB"``: ``uint8 [s, s, 3]``), LANCZOS-
+    resized to ``s = image_size`` when its size differs. The conversion comes first: Pillow resizes 1-bit images
+    nearest-neighbour whatever filter is asked.
+
+    Raises:
+        ImageDecodeError: the file cannot be decoded (truncated, not an image); the message names ``what`` and it.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            img = im.convert(mode)
+            if img.size != (image_size, image_size):
+                img = img.resize((image_size, image_size), Image.Resampling.LANCZOS)
+            return np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ImageDecodeError(f"cannot decode {what} image {path}: {type(err).__name__}: {err}") from None
+
+
 def check_writable_dir(path: str | os.PathLike[str], what: str) -> Path:
     """``path`` (absolute) after checking that it is, or can be created as, a writable folder; creates nothing.
 

@@ -39,12 +39,11 @@ from typing import Any, Literal, Mapping, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .class_split import ClassSplit
 from .image_cache import (
-    ImageDecodeError,
     cache_file,
+    decode_image,
     file_fingerprint,
     load_or_build,
     map_with_progress,
@@ -166,14 +165,7 @@ def decode_miniimagenet_image(path: str | os.PathLike[str], image_size: int = 84
     Raises:
         ImageDecodeError: the file cannot be decoded (truncated, not an image); the message names it.
     """
-    try:
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")
-            if rgb.size != (image_size, image_size):
-                rgb = rgb.resize((image_size, image_size), Image.Resampling.LANCZOS)
-            return np.asarray(rgb, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ImageDecodeError(f"cannot decode MiniImagenet image {path}: {type(err).__name__}: {err}") from None
+    return decode_image(path, "RGB", image_size, "MiniImagenet")
 
 
 def _read_csv(csv_path: Path) -> tuple[list[str], list[str]]:

@@ -40,12 +40,11 @@ from typing import Mapping, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .class_split import ClassSplit
 from .image_cache import (
-    ImageDecodeError,
     cache_file,
+    decode_image,
     file_fingerprint,
     load_or_build,
     map_with_progress,
@@ -196,14 +195,7 @@ def preprocess_omniglot_image(path: str | os.PathLike[str], image_size: int = 28
     Raises:
         ImageDecodeError: the file cannot be decoded (truncated, not an image); the message names it.
     """
-    try:
-        with Image.open(path) as im:
-            grey = im.convert("L")
-            if grey.size != (image_size, image_size):
-                grey = grey.resize((image_size, image_size), Image.Resampling.LANCZOS)
-            return 255 - np.asarray(grey, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ImageDecodeError(f"cannot decode Omniglot image {path}: {type(err).__name__}: {err}") from None
+    return 255 - decode_image(path, "L", image_size, "Omniglot")
 
 
 class OmniglotData(NamedTuple):
