@@ -34,12 +34,9 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_OMNIGLOT = os.path.join(ROOT, "..", "shared", "data", "omniglot")
+from rkmeta_rl.stats import mean_interval as _t_interval
 
-#: two-sided 95% Student-t quantiles t(0.975, df), df = 1..30 (larger df use the normal 1.96)
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: the parameter patterns of each benchmark's head (conv4's linear layer; the 2-hidden-layer policy's output)
 HEADS = {"omniglot": "fc.*", "nav": "w2|b2|log_std"}
@@ -73,23 +70,11 @@ VARIANTS = (
 )
 
 
-def t975(df: int) -> float:
-    """The 0.975 quantile of Student's t with ``df >= 1`` degrees of freedom (table above; 1.96 beyond 30)."""
-    if df < 1:
-        raise ValueError(f"df must be >= 1, got {df}")
-    return T975[df - 1] if df <= len(T975) else 1.96
-
-
 def mean_interval(values: Sequence[float]) -> tuple[float, float | None]:
-    """``(mean, half-width of the Student-t 95% interval)``; the half-width is None for fewer than 2 values."""
-    n = len(values)
-    if n == 0:
-        raise ValueError("no values")
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, t975(n - 1) * sd / math.sqrt(n)
+    """``(mean, half-width of the Student-t 95% interval)`` (:func:`rkmeta_rl.stats.mean_interval`); the
+    half-width is None for fewer than 2 values."""
+    mean, half, n = _t_interval(values)
+    return mean, (None if n < 2 or math.isnan(half) else half)
 
 
 def run_command(benchmark: str, variant: Variant, seed: int, logdir: str, args: argparse.Namespace) -> list[str]:
@@ -191,7 +176,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--benchmarks", nargs="+", choices=("omniglot", "nav"), default=["omniglot", "nav"])
     p.add_argument("--variants", nargs="+", choices=[v.key for v in VARIANTS], default=None,
                    help="a subset of the variants (default all)")
-    p.add_argument("--omniglot-root", default=DEFAULT_OMNIGLOT)
+    p.add_argument("--omniglot-root", default=None,
+                   help="Omniglot folder (default: the data root; `python -m rkmeta_rl.data omniglot` gets it)")
     p.add_argument("--omniglot-iterations", type=int, default=300)
     p.add_argument("--omniglot-meta-batch-size", type=int, default=32)
     p.add_argument("--omniglot-eval-tasks", type=int, default=600)
@@ -204,8 +190,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  "nav_meta_batch_size", "nav_fast_batch_size", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if "omniglot" in args.benchmarks and not os.path.isdir(args.omniglot_root):
-        p.error(f"--omniglot-root {args.omniglot_root!r} is not a folder")
+    if "omniglot" in args.benchmarks:
+        if args.omniglot_root is None:
+            from rkmeta_rl.data import omniglot_root
+
+            try:
+                args.omniglot_root = str(omniglot_root())
+            except FileNotFoundError as err:
+                p.error(str(err))
+        if not os.path.isdir(args.omniglot_root):
+            p.error(f"--omniglot-root {args.omniglot_root!r} is not a folder")
     return args
 
 
