@@ -698,6 +698,81 @@ def _progress_older(fx: Fixtures, tmp: Path) -> Outcome:
     return bad or _continuous(run, 5, 20) or (CLEAR, "resumed from 15, 5..20 once each")
 
 
+@case("nav_resume_policy_and_discount", "train_nav.py --resume with changed --hidden-sizes, then --gamma")
+def _nav_policy(fx: Fixtures, tmp: Path) -> Outcome:
+    argv = [a if a != "8" else "16" for a in NAV_TINY]  # --hidden-sizes 8 -> 16
+    out = _resume_refused("train_nav.py", fx.nav_run(), [*argv, "--iterations", "2"], "hidden_sizes")
+    if out[0] != CLEAR:
+        return out[0], f"--hidden-sizes: {out[1]}"
+    return _resume_refused("train_nav.py", fx.nav_run(), [*NAV_TINY, "--iterations", "2", "--gamma", "0.9"],
+                           "gamma")
+
+
+@case("resume_other_trainers_run", "train_nav.py --resume on a sinusoid run folder: one error, folder untouched")
+def _other_trainer(fx: Fixtures, tmp: Path) -> Outcome:
+    run = tmp / "run"
+    shutil.copytree(fx.sin_run(), run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    out = judge_refusal(cli("train_nav.py", [*NAV_TINY, "--iterations", "2", "--logdir", str(run), "--resume"]),
+                        "MetaTrainer checkpoint", "not a MetaTRPO one")
+    if out[0] == CLEAR and {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} != before:
+        return SILENT, "refused, but the run folder changed"
+    return out
+
+
+@case("trainer_load_wrong_kind", "MetaTrainer.load on a MetaTRPO checkpoint says what it got")
+def _trainer_load(fx: Fixtures, tmp: Path) -> Outcome:
+    from rkmeta_rl.errors import CheckpointError
+    from rkmeta_rl.supervised.sinusoid_problem import SinusoidProblem
+    from rkmeta_rl.supervised.trainer import MetaTrainer
+
+    path = fx.nav_run() / "checkpoint_final.pt"
+    return judge_raises(lambda: MetaTrainer.load(str(path), SinusoidProblem()), (CheckpointError,), "MetaTRPO")
+
+
+@case("few_ways_exceed_classes", "few-shot --ways 10 on a split of 5 classes: refused in words")
+def _ways_big(fx: Fixtures, tmp: Path) -> Outcome:
+    argv = list(FEW_TINY)
+    argv[argv.index("--ways") + 1] = "10"
+    return judge_refusal(cli("train_fewshot.py", [*argv, "--data-root", str(fx.mini()), "--cache-dir",
+                                                  str(tmp / "c"), "--iterations", "1", "--logdir", str(tmp / "run")]),
+                         "10")
+
+
+@case("few_missing_data_root", "few-shot --data-root that does not exist: named")
+def _no_root(fx: Fixtures, tmp: Path) -> Outcome:
+    return judge_refusal(cli("train_fewshot.py", [*FEW_TINY, "--data-root", str(tmp / "nowhere"), "--iterations",
+                                                  "1", "--logdir", str(tmp / "run")]), "nowhere")
+
+
+@case("iterations_0", "--iterations 0 and --meta-batch-size 0: refused before work")
+def _iter0(fx: Fixtures, tmp: Path) -> Outcome:
+    out = judge_refusal(cli("train_sinusoid.py", [*SIN_TINY, "--iterations", "0", "--logdir", str(tmp / "a")]),
+                        "iterations")
+    if out[0] != CLEAR:
+        return out
+    argv = list(NAV_TINY)
+    argv[argv.index("--meta-batch-size") + 1] = "0"
+    return judge_refusal(cli("train_nav.py", [*argv, "--logdir", str(tmp / "b")]), "meta_batch_size")
+
+
+@case("meta_gradient_bad_inner_lr", "meta_gradient with inner_lr NaN, 0 or inf names inner_lr", fast=True)
+def _bad_lr(fx: Fixtures, tmp: Path) -> Outcome:
+    import torch
+
+    from rkmeta_rl.rk.meta_gradient import meta_gradient
+
+    def loss(p: dict[str, torch.Tensor], d: torch.Tensor) -> torch.Tensor:
+        return (p["w"] * d).sum()
+
+    for lr in (math.nan, 0.0, math.inf):
+        out = judge_raises(lambda lr=lr: meta_gradient({"w": torch.zeros(3)}, loss, loss, torch.ones(2, 3),
+                                                       inner_lr=lr), (ValueError,), "inner_lr")
+        if out[0] != CLEAR:
+            return out
+    return out
+
+
 # ---- driver --------------------------------------------------------------------------------------------------
 def run_cases(cases: list[Case], tmp: Path) -> list[tuple[str, str, str, float]]:
     fx = Fixtures(tmp)
