@@ -556,7 +556,7 @@ def _tpu(fx: Fixtures, tmp: Path) -> Outcome:
     return out
 
 
-@case("device_tpu_sinusoid", "--device tpu on the sinusoid trainer", fast=True)
+@case("device_tpu_sinusoid", "--device tpu on the sinusoid trainer")
 def _tpu_sin(fx: Fixtures, tmp: Path) -> Outcome:
     argv = list(SIN_TINY)
     argv[argv.index("--device") + 1] = "tpu"
