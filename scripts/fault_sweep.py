@@ -165,33 +165,26 @@ class Fixtures:
             self._made[key] = make()
         return self._made[key]
 
-    def nav_run(self) -> Path:
+    def _run(self, key: str, script: str, argv: list[str]) -> Path:
+        """The run folder ``<tmp>/<key>`` of ``script argv --logdir it``, run the first time it is asked for."""
         def make() -> Path:
-            run = self.tmp / "nav-base"
-            proc = cli("train_nav.py", [*NAV_TINY, "--iterations", "1", "--logdir", str(run)])
+            run = self.tmp / key
+            proc = cli(script, [*argv, "--logdir", str(run)])
             if proc.returncode != 0:
-                raise RuntimeError(f"base nav run failed: {_last_line(proc.stderr)}")
+                raise RuntimeError(f"{key}: {script} failed: {_last_line(proc.stderr)}")
             return run
-        return self._once("nav", make)
+        return self._once(key, make)
+
+    def nav_run(self) -> Path:
+        return self._run("nav-base", "train_nav.py", [*NAV_TINY, "--iterations", "1"])
 
     def sin_run(self) -> Path:
-        def make() -> Path:
-            run = self.tmp / "sin-base"
-            proc = cli("train_sinusoid.py", [*SIN_TINY, "--iterations", "5", "--logdir", str(run)])
-            if proc.returncode != 0:
-                raise RuntimeError(f"base sinusoid run failed: {_last_line(proc.stderr)}")
-            return run
-        return self._once("sin", make)
+        return self._run("sin-base", "train_sinusoid.py", [*SIN_TINY, "--iterations", "5"])
 
     def sin_reference(self, n: int, extra: tuple[str, ...] = ()) -> Path:
         """An uninterrupted sinusoid run of ``n`` iterations (the exactness reference)."""
-        def make() -> Path:
-            run = self.tmp / f"sin-ref-{n}-{len(self._made)}"
-            proc = cli("train_sinusoid.py", [*SIN_TINY, *extra, "--iterations", str(n), "--logdir", str(run)])
-            if proc.returncode != 0:
-                raise RuntimeError(f"reference run failed: {_last_line(proc.stderr)}")
-            return run
-        return self._once(f"sinref-{n}-{extra}", make)
+        return self._run(f"sin-ref-{n}{''.join(extra)}", "train_sinusoid.py",
+                         [*SIN_TINY, *extra, "--iterations", str(n)])
 
     def mini(self) -> Path:
         """A tiny MiniImagenet in the pickle form: 5/2/3 classes of 4 random 84x84 images."""
@@ -208,15 +201,9 @@ class Fixtures:
         return self._once("mini", make)
 
     def few_run(self) -> tuple[Path, list[str]]:
-        def make() -> tuple[Path, list[str]]:
-            run = self.tmp / "few-base"
-            flags = [*FEW_TINY, "--data-root", str(self.mini()), "--cache-dir", str(self.tmp / "few-cache"),
-                     "--logdir", str(run)]
-            proc = cli("train_fewshot.py", [*flags, "--iterations", "1"])
-            if proc.returncode != 0:
-                raise RuntimeError(f"base few-shot run failed: {_last_line(proc.stderr)}")
-            return run, flags
-        return self._once("few", make)
+        flags = [*FEW_TINY, "--data-root", str(self.mini()), "--cache-dir", str(self.tmp / "few-cache")]
+        run = self._run("few-base", "train_fewshot.py", [*flags, "--iterations", "1"])
+        return run, [*flags, "--logdir", str(run)]
 
 
 def omniglot_tree(base: Path, chars: int = 2, drawings: int = 3) -> Path:
@@ -292,14 +279,11 @@ def _few_ways(fx: Fixtures, tmp: Path) -> Outcome:
     return _resume_refused("train_fewshot.py", run, [*flags, "--iterations", "2", "--ways", "3"], "ways=2", "ways=3")
 
 
-def _signal_then_resume(fx: Fixtures, tmp: Path, sig: signal.Signals, code: int) -> Outcome:
-    """A real signal to a real sinusoid run after its first checkpoint; then --resume must end where an
-    uninterrupted run ends, bit for bit, with one continuous progress.csv."""
-    n, extra = 60, ("--method", "heun")
-    argv = [*SIN_TINY, *extra, "--iterations", str(n)]
-    run = tmp / "run"
+def signal_mid_run(script: str, argv: list[str], run: Path, sig: signal.Signals) -> tuple[int, str] | Outcome:
+    """Start ``script argv --logdir run``, send ``sig`` once its first checkpoint exists; ``(exit code, stderr)``,
+    or the outcome when the run ended before its first checkpoint or the signal gave a traceback."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(SCRIPTS / "train_sinusoid.py"), *argv, "--logdir", str(run)],
+    proc = subprocess.Popen([sys.executable, str(SCRIPTS / script), *argv, "--logdir", str(run)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
     while not (run / "checkpoint_latest.pt").exists():
@@ -312,10 +296,23 @@ def _signal_then_resume(fx: Fixtures, tmp: Path, sig: signal.Signals, code: int)
     _, err = proc.communicate(timeout=120)
     if "Traceback (most recent call last)" in err:
         return TRACE, _last_line(err)[:200]
+    return proc.returncode, err
+
+
+def _signal_then_resume(fx: Fixtures, tmp: Path, sig: signal.Signals, code: int) -> Outcome:
+    """A real signal to a real sinusoid run after its first checkpoint; then --resume must end where an
+    uninterrupted run ends, bit for bit, with one continuous progress.csv."""
+    n, extra = 60, ("--method", "heun")
+    argv = [*SIN_TINY, *extra, "--iterations", str(n)]
+    run = tmp / "run"
+    got = signal_mid_run("train_sinusoid.py", argv, run, sig)
+    if isinstance(got[0], str):
+        return got  # type: ignore[return-value]
+    rc, err = got
     if (run / "checkpoint_final.pt").exists():
         return CLEAR, "the run finished before the signal arrived (nothing to lose)"
-    if proc.returncode != code:
-        return LOST, f"exit {proc.returncode} (want {code}): {_last_line(err)[:200]}"
+    if rc != code:
+        return LOST, f"exit {rc} (want {code}): {_last_line(err)[:200]}"
     if "checkpoint written" not in err:
         return LOST, f"no 'checkpoint written' line: {_last_line(err)[:200]}"
     import torch
@@ -345,28 +342,18 @@ def _sigint(fx: Fixtures, tmp: Path) -> Outcome:
 @case("nav_sigterm", "kill -15 to a nav run: checkpoint written, exit 143, --resume finishes the run")
 def _nav_sigterm(fx: Fixtures, tmp: Path) -> Outcome:
     run = tmp / "run"
-    argv = [*NAV_TINY, "--iterations", "200", "--checkpoint-interval", "1", "--logdir", str(run)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(SCRIPTS / "train_nav.py"), *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 120
-    while not (run / "checkpoint_latest.pt").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            _, err = proc.communicate()
-            return TRACE, f"run ended before its first checkpoint: {_last_line(err)[:200]}"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    if "Traceback (most recent call last)" in err:
-        return TRACE, _last_line(err)[:200]
-    if proc.returncode != 143 or "checkpoint written" not in err:
-        return LOST, f"exit {proc.returncode}: {_last_line(err)[:200]}"
+    argv = [*NAV_TINY, "--iterations", "200", "--checkpoint-interval", "1"]
+    got = signal_mid_run("train_nav.py", argv, run, signal.SIGTERM)
+    if isinstance(got[0], str):
+        return got  # type: ignore[return-value]
+    rc, err = got
+    if rc != 143 or "checkpoint written" not in err:
+        return LOST, f"exit {rc}: {_last_line(err)[:200]}"
     import torch
 
     stopped = int(torch.load(run / "checkpoint_latest.pt", weights_only=True)["num_iterations"])
     argv[argv.index("200")] = str(stopped + 1)
-    bad = judge_ok(cli("train_nav.py", [*argv, "--resume"]))
+    bad = judge_ok(cli("train_nav.py", [*argv, "--logdir", str(run), "--resume"]))
     if bad:
         return bad
     done = int(torch.load(run / "checkpoint_final.pt", weights_only=True)["num_iterations"])
@@ -609,30 +596,17 @@ def _discrete(fx: Fixtures, tmp: Path) -> Outcome:
 
 
 def _nan_family() -> Any:
+    """The library's 2D navigation family with every reward replaced by NaN."""
     import gymnasium as gym
-    from gymnasium.envs.classic_control.pendulum import PendulumEnv
 
-    class NaNRewardPendulum(PendulumEnv):
-        """A pendulum task family whose every reward is NaN."""
+    import rkmeta_rl.envs  # noqa: F401 - registers the families
 
-        def __init__(self, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self.m = 1.0
+    class NaNRewards(gym.Wrapper):
+        def step(self, action: Any) -> Any:
+            obs, _, terminated, truncated, info = self.env.step(action)
+            return obs, math.nan, terminated, truncated, info
 
-        def sample_tasks(self, num_tasks: int, rng: np.random.Generator) -> list[dict[str, float]]:
-            return [{"mass": float(m)} for m in rng.uniform(0.5, 2.0, size=int(num_tasks))]
-
-        def set_task(self, task: dict[str, float]) -> None:
-            self.m = float(task["mass"])
-
-        def get_task(self) -> dict[str, float]:
-            return {"mass": self.m}
-
-        def step(self, u: Any) -> Any:
-            obs, _, term, trunc, info = super().step(u)
-            return obs, math.nan, term, trunc, info
-
-    return gym.wrappers.TimeLimit(NaNRewardPendulum(), 50)
+    return NaNRewards(gym.make("rkmeta/Navigation2D-v0", disable_env_checker=True))
 
 
 @case("nan_reward_family", "a family returning NaN rewards: the message says NaN", fast=True)
