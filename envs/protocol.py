@@ -88,14 +88,23 @@ def _rollout(env: gym.Env, task: Any, uses_set_task: bool, seed: int, actions: n
         how = "set_task(task) then reset(options={'task': task})" if uses_set_task else \
             "reset(options={'task': task})"
         raise TaskFamilyError(f"after {how}, get_task() returned {got!r} instead of {task!r}")
-    observations, rewards = [np.array(obs, dtype=np.float64, copy=True)], []
-    for a in actions:
+    observations, rewards = [_finite(np.array(obs, dtype=np.float64, copy=True), "reset() observation", task)], []
+    for t, a in enumerate(actions):
         obs, r, terminated, truncated, _ = env.step(a)
-        observations.append(np.array(obs, dtype=np.float64, copy=True))
-        rewards.append(float(r))
+        observations.append(_finite(np.array(obs, dtype=np.float64, copy=True), f"step {t} observation", task))
+        rewards.append(float(_finite(np.array(r, dtype=np.float64), f"step {t} reward", task)))
         if terminated or truncated:
             break
     return observations, rewards
+
+
+def _finite(value: np.ndarray, what: str, task: Any) -> np.ndarray:
+    """``value`` if every entry is finite; else a :class:`TaskFamilyError` saying NaN or infinite."""
+    if not np.all(np.isfinite(value)):
+        kind = "NaN" if np.any(np.isnan(value)) else "infinite"
+        raise TaskFamilyError(f"the {what} is {kind} for task {task!r} (rewards and observations must be finite "
+                              f"numbers)")
+    return value
 
 
 def _same(run_a: tuple[list[np.ndarray], list[float]], run_b: tuple[list[np.ndarray], list[float]]) -> bool:

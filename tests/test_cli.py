@@ -105,6 +105,12 @@ def test_fewshot_resume_with_changed_shots_or_ways_is_refused(tmp_path) -> None:
     _refused(fewshot.main, [*flags, "--iterations", "2", "--ways", "3", "--resume"], "ways")
 
 
+def test_resume_of_another_commands_run_is_refused_as_such(tmp_path) -> None:
+    sinusoid.main([*SIN_TINY, "--iterations", "5", "--logdir", str(tmp_path)])
+    _refused(nav.main, [*NAV_TINY, "--iterations", "2", "--logdir", str(tmp_path), "--resume"],
+             "is a MetaTrainer checkpoint, not a MetaTRPO one")
+
+
 @pytest.mark.parametrize("main,argv,needle", [
     (nav.main, ["--device", "tpu"], "'tpu'"),
     (nav.main, ["--gamma", "2.0"], "gamma"),

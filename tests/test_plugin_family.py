@@ -76,8 +76,17 @@ class ShortLivedPendulum(MassPendulum):
         return obs, r, self._left <= 0, trunc, info
 
 
+class NaNRewardPendulum(MassPendulum):
+    """Breaks the protocol: every reward is NaN (the same Python object each step, so lists of them compare equal)."""
+
+    def step(self, action: np.ndarray):
+        obs, _, term, trunc, info = super().step(action)
+        return obs, math.nan, term, trunc, info
+
+
 for _id, _cls in ((PENDULUM_ID, MassPendulum), ("testfam/NoSetTask-v0", NoSetTask),
-                  ("testfam/WrongCount-v0", WrongCount), ("testfam/ShortLived-v0", ShortLivedPendulum)):
+                  ("testfam/WrongCount-v0", WrongCount), ("testfam/ShortLived-v0", ShortLivedPendulum),
+                  ("testfam/NaNReward-v0", NaNRewardPendulum)):
     if _id not in gym.registry:
         gym.register(id=_id, entry_point=_cls, max_episode_steps=200)
 
@@ -146,6 +155,16 @@ def test_unregistered_id_suggests_module() -> None:
 def test_missing_set_task_is_named() -> None:
     with pytest.raises(TaskFamilyError, match=r"NoSetTask has no set_task\(task\)"):
         MetaTRPO("MlpPolicy", "testfam/NoSetTask-v0", **TINY)
+
+
+def test_nan_rewards_are_called_nan() -> None:
+    from rkmeta_rl.envs.protocol import validate_task_family
+
+    with pytest.raises(TaskFamilyError, match=r"^the step 0 reward is NaN for task \{'mass': [0-9.]+\}"):
+        validate_task_family("testfam/NaNReward-v0")
+    with pytest.raises(TaskFamilyError, match="NaN") as err:
+        MetaTRPO("MlpPolicy", "testfam/NaNReward-v0", **TINY)
+    assert "different rewards" not in str(err.value)
 
 
 def test_wrong_task_count_is_named() -> None:

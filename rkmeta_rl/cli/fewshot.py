@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train (under torchrun: this rank's part of a data-parallel run); returns the metrics."""
     parser, _ = _parser()
     return run_command(Command(
+        algorithm="MetaTrainer",
         parser=parser, config=_config,
         logdir=lambda a, c: f"runs/{c.dataset}-{c.ways}w{c.shots}s-{method_slug(c.method, c.adapt)}-s{c.seed}",
         build=_build, finish=_finish,

@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train (under torchrun: this rank's part of a data-parallel run); returns the metrics."""
     parser, _ = _parser()
     return run_command(Command(
+        algorithm="MetaTRPO",
         parser=parser, config=_config,
         logdir=lambda a, c: f"runs/{family_name(str(c.env))}-{method_slug(c.method, c.adapt)}-s{c.seed}",
         build=build_metatrpo, callbacks=lambda a, m: VideoCallback(a),

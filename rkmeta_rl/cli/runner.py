@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..checkpoint import load_latest
-from ..common.base import BaseMetaAlgorithm
+from ..common.base import CHECKPOINT_PREFIX, BaseMetaAlgorithm
 from ..common.callbacks import MaybeCallback
 from ..common.config import BaseConfig
 from ..data.fetch import DownloadError
 from ..distributed import DistInfo, destroy, init_distributed, split_batch
 from ..envs.protocol import TaskFamilyError
-from ..errors import NonFiniteError, TrainingInterrupted
+from ..errors import CheckpointError, NonFiniteError, TrainingInterrupted
 from ..utils import set_threads
 
 __all__ = ["Command", "run_command", "add_run_flags", "USER_ERRORS"]
@@ -57,6 +57,8 @@ class Command:
         finish: ``(args, model)`` -> the metrics (final evaluation, figures, ``model.finish``).
         callbacks: ``(args, model)`` -> the command's callbacks (figures, videos).
         summary: metrics -> what is printed as the last line (JSON).
+        algorithm: the class name of the algorithm ``build`` makes (``"MetaTRPO"``, ``"MetaTrainer"``): a
+            ``--resume`` of a folder holding another algorithm's run is refused as such.
     """
 
     parser: argparse.ArgumentParser
@@ -67,6 +69,21 @@ class Command:
     callbacks: Callable[[argparse.Namespace, Any], MaybeCallback] = field(default=lambda args, model: None)
     summary: Callable[[dict[str, Any]], dict[str, Any]] = field(
         default=lambda m: {k: v for k, v in m.items() if k != "history"})
+    algorithm: str | None = None
+
+
+def _check_resume(cmd: Command, config: BaseConfig, logdir: str) -> None:
+    """Refuse ``--resume`` of ``logdir`` when its latest good checkpoint is another algorithm's, or was trained
+    with other settings (:meth:`BaseConfig.check_resume`)."""
+    path, state = load_latest(logdir)
+    fmt = state.get("format")
+    kind = fmt.split("/")[0][len(CHECKPOINT_PREFIX):] if isinstance(fmt, str) and \
+        fmt.startswith(CHECKPOINT_PREFIX) else None
+    if cmd.algorithm is not None and kind != cmd.algorithm:
+        what = f"a {kind} checkpoint" if kind else "not an rkmeta_rl checkpoint"
+        raise CheckpointError(f"--resume: {path} is {what}, not a {cmd.algorithm} one: --logdir holds another "
+                              f"command's run")
+    config.check_resume(state["config"])
 
 
 def run_command(cmd: Command, argv: list[str] | None = None) -> dict[str, Any]:
@@ -85,8 +102,8 @@ def run_command(cmd: Command, argv: list[str] | None = None) -> dict[str, Any]:
         try:
             split_batch(getattr(config, "meta_batch_size", dist.world_size), dist.rank, dist.world_size)
             logdir = args.logdir or cmd.logdir(args, config)
-            if args.resume:  # compare the settings before any work (data loading included)
-                config.check_resume(load_latest(logdir)[1]["config"])
+            if args.resume:  # compare the kind and the settings before any work (data loading included)
+                _check_resume(cmd, config, logdir)
             model = cmd.build(args, config, dist, logdir)
         except USER_ERRORS as err:
             sys.exit(f"error: {err}")

@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train (under torchrun: this rank's part of a data-parallel run); returns the metrics."""
     parser, fields = _parser()
     return run_command(Command(
+        algorithm="MetaTrainer",
         parser=parser, config=lambda a: config_from_args(SINUSOID[a.config], a, fields),
         logdir=lambda a, c: f"runs/sinusoid-{method_slug(c.method, c.adapt)}-s{c.seed}",
         build=_build, finish=_finish,
