@@ -559,7 +559,7 @@ def plot_curves(curves: dict[str, dict[str, Any]], xs_key: str | None, path: str
 
 
 def write_report(path: str, scale_name: str, seeds: Sequence[int], sections: dict[str, Any], errors: list[str],
-                 argv: Sequence[str]) -> None:
+                 argv: Sequence[str], progress: tuple[int, int]) -> None:
     import torch
 
     lines = [
@@ -571,6 +571,9 @@ def write_report(path: str, scale_name: str, seeds: Sequence[int], sections: dic
         "every run folder also holds `metrics.json`, checkpoints and TensorBoard events. "
         "Intervals: across seeds the 95 % Student-t interval of the mean (n = number of seeds, t(0.975, 2) = 4.30 "
         "for three); for a single run the 95 % interval over its test tasks.",
+        "",
+        f"**Runs finished: {progress[0]} of the {progress[1]} this scale plans.** Rows show how many seeds they "
+        "hold; the same command continues the rest (finished runs are skipped).",
         "",
     ]
     if "table2" in sections:
@@ -625,7 +628,10 @@ def _report_table3(rows: list[dict[str, Any]]) -> list[str]:
            "Test accuracy (%) on 600 episodes after the protocol's test steps (Omniglot 5-way: 3 steps at 0.4; "
            "20-way: 5 at 0.1; MiniImagenet: 10 at 0.01), training with the paper's protocol "
            "(K query images per class for Omniglot, 15 for MiniImagenet). `paper`: the RK paper's Table 3 where "
-           "this repository records it; `MAML 2017`: Finn et al.'s published number for MAML (= midpoint).", "",
+           "this repository records it; `MAML 2017`: Finn et al.'s published number for MAML (= midpoint). Rows "
+           "not trained at this scale show the seconds per iteration of a 3-iteration cost probe (its command; "
+           "start-up and a 10-episode evaluation included, on this machine while other jobs shared it, so an "
+           "upper bound) and what the protocol's iterations would cost here.", "",
            "| setting | method | paper | MAML 2017 | ours | iterations (protocol) | s/iteration | protocol cost "
            "here | status | command |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -774,10 +780,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             plot_curves(sections["figure5"]["curves"], None, os.path.join(report_dir, "reproduction_figure5.png"),
                         "2D navigation: adaptation on fresh tasks", "number of gradient steps", "average return",
                         hline=sections["figure5"]["oracle"])
-    write_report(args.report, args.scale, args.seeds, sections, errors, argv)
     summary = {"scale": args.scale, "report": args.report, "errors": errors,
                "finished_runs": sum(r.done for g in groups.values() for r in g),
                "planned_runs": sum(len(g) for g in groups.values())}
+    write_report(args.report, args.scale, args.seeds, sections, errors, argv,
+                 (summary["finished_runs"], summary["planned_runs"]))
     with open(os.path.join(root, "summary.json") if os.path.isdir(root) else os.devnull, "w") as fh:
         json.dump({"summary": summary, "sections": sections}, fh, default=_json_default, indent=1)
     print(json.dumps(summary))
