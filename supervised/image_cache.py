@@ -71,6 +71,19 @@ def decode_image(path: str | os.PathLike[str], mode: str, image_size: int, what:
         raise ImageDecodeError(f"cannot decode {what} image {path}: {type(err).__name__}: {err}") from None
 
 
+def images_check(shape: tuple[int, ...]) -> Callable[[Mapping[str, np.ndarray]], str | None]:
+    """The ``check`` for :func:`load_or_build` of an ``images`` cache: ``uint8`` of exactly ``shape``, else the
+    reason the cache is rebuilt."""
+
+    def check(arrays: Mapping[str, np.ndarray]) -> str | None:
+        imgs = arrays.get("images")
+        if imgs is None or imgs.shape != shape or imgs.dtype != np.uint8:
+            return f"expected uint8 images of shape {shape}, found {None if imgs is None else (imgs.dtype, imgs.shape)}"
+        return None
+
+    return check
+
+
 def check_writable_dir(path: str | os.PathLike[str], what: str) -> Path:
     """``path`` (absolute) after checking that it is, or can be created as, a writable folder; creates nothing.
 

@@ -35,7 +35,7 @@ import os
 import pickle
 import time
 from pathlib import Path
-from typing import Any, Literal, Mapping, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ from .image_cache import (
     cache_file,
     decode_image,
     file_fingerprint,
+    images_check,
     load_or_build,
     map_with_progress,
     resolve_cache_dir,
@@ -215,13 +216,7 @@ def _load_csv_split(root: Path, split: str, image_size: int, cache_dir: str | os
 
     shape = (len(paths), image_size, image_size, 3)
 
-    def check(arrays: Mapping[str, np.ndarray]) -> str | None:
-        imgs = arrays.get("images")
-        if imgs is None or imgs.shape != shape or imgs.dtype != np.uint8:
-            return f"expected uint8 images of shape {shape}, found {None if imgs is None else (imgs.dtype, imgs.shape)}"
-        return None
-
-    images = load_or_build(path, build, check)["images"]
+    images = load_or_build(path, build, images_check(shape))["images"]
     return ClassSplit.from_labels(torch.from_numpy(images), label_ids, names)
 
 

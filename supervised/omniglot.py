@@ -36,7 +36,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -46,6 +46,7 @@ from .image_cache import (
     cache_file,
     decode_image,
     file_fingerprint,
+    images_check,
     load_or_build,
     map_with_progress,
     resolve_cache_dir,
@@ -259,13 +260,7 @@ def load_omniglot(root: str | os.PathLike[str], image_size: int = 28, *,
 
     shape = (len(files), image_size, image_size)
 
-    def check(arrays: Mapping[str, np.ndarray]) -> str | None:
-        imgs = arrays.get("images")
-        if imgs is None or imgs.shape != shape or imgs.dtype != np.uint8:
-            return f"expected uint8 images of shape {shape}, found {None if imgs is None else (imgs.dtype, imgs.shape)}"
-        return None
-
-    images = load_or_build(path, build, check)["images"]
+    images = load_or_build(path, build, images_check(shape))["images"]
     offsets = np.concatenate([[0], np.cumsum([len(c.files) for c in index.characters])]).astype(np.int64)
     return OmniglotData(index, images, offsets)
 
