@@ -496,12 +496,12 @@ def _swapped(fx: Fixtures, tmp: Path) -> Outcome:
 @case("eval_tasks_0", "--eval-tasks 0 on sinusoid and few-shot: refused before work")
 def _eval0(fx: Fixtures, tmp: Path) -> Outcome:
     out = judge_refusal(cli("train_sinusoid.py", [*SIN_TINY, "--iterations", "5", "--eval-tasks", "0",
-                                                  "--logdir", str(tmp / "a")]), "eval_tasks")
+                                                  "--logdir", str(tmp / "a")]), "--eval-tasks")
     if out[0] != CLEAR:
         return out
     flags = [*FEW_TINY, "--data-root", str(tmp / "nowhere"), "--iterations", "1", "--logdir", str(tmp / "b")]
     flags[flags.index("--eval-tasks") + 1] = "0"
-    out = judge_refusal(cli("train_fewshot.py", flags), "eval_tasks")
+    out = judge_refusal(cli("train_fewshot.py", flags), "--eval-tasks")
     if out[0] == CLEAR and ((tmp / "a").exists() or (tmp / "b").exists()):
         return SILENT, "refused, but a run folder was made"
     return out
@@ -727,7 +727,7 @@ def _iter0(fx: Fixtures, tmp: Path) -> Outcome:
         return out
     argv = list(NAV_TINY)
     argv[argv.index("--meta-batch-size") + 1] = "0"
-    return judge_refusal(cli("train_nav.py", [*argv, "--logdir", str(tmp / "b")]), "meta_batch_size")
+    return judge_refusal(cli("train_nav.py", [*argv, "--logdir", str(tmp / "b")]), "--meta-batch-size")
 
 
 @case("meta_gradient_bad_inner_lr", "meta_gradient with inner_lr NaN, 0 or inf names inner_lr", fast=True)

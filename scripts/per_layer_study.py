@@ -114,7 +114,8 @@ def run_all(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
                     cmd = run_command(benchmark, variant, seed, logdir, args)
                     print(f"[run] {' '.join(cmd)}", flush=True)
                     t0 = time.perf_counter()
-                    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+                    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),  # the checkout, installed or not
+                               PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
                     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                     if proc.returncode != 0:
                         raise RuntimeError(f"{benchmark}/{variant.key}/s{seed} failed:\n{proc.stderr[-3000:]}")

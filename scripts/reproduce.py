@@ -256,7 +256,8 @@ def execute(run: Run, log_dir: str, nproc: int, in_process: bool, device: str) -
         else:
             launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
                         if nproc > 1 else [sys.executable])
-            env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+            env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+                       PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
             proc = subprocess.run([*launcher, os.path.join(HERE, run.script), *argv], stdout=log,
                                   stderr=subprocess.STDOUT, cwd=REPO, env=env)
             err = None if proc.returncode == 0 else f"exit code {proc.returncode}"

@@ -33,7 +33,6 @@ import logging
 import os
 import random
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -346,17 +345,13 @@ def omniglot_splits(data: OmniglotData, *, split_seed: int | None = None, num_tr
 
 def load_omniglot_splits(root: str | os.PathLike[str], image_size: int = 28, *, split_seed: int | None = None,
                          num_train: int = NUM_TRAIN_CHARACTERS, num_val: int = 0,
-                         cache_dir: str | os.PathLike[str] | None = None, progress: bool = True, workers: int = 1,
-                         seed: int | None = None) -> OmniglotSplits:
+                         cache_dir: str | os.PathLike[str] | None = None, progress: bool = True,
+                         workers: int = 1) -> OmniglotSplits:
     """:func:`load_omniglot` then :func:`omniglot_splits` with the MAML defaults.
 
-    The split arguments and the tree's size are checked before any image is decoded. ``seed`` is accepted for
-    older callers and ignored with a warning: the split no longer follows the training seed (use ``split_seed``).
+    The split arguments and the tree's size are checked before any image is decoded. The split does not follow
+    the training seed: ``split_seed`` draws another one.
     """
-    if seed is not None:
-        warnings.warn("load_omniglot_splits(seed=...) is ignored: the character split is fixed and independent of "
-                      "the training seed; pass split_seed=... to draw another split", DeprecationWarning,
-                      stacklevel=2)
     _check_split_seed(split_seed)
     check_split_size(scan_omniglot(root), num_train, num_val)
     data = load_omniglot(root, image_size, cache_dir=cache_dir, progress=progress, workers=workers)

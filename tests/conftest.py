@@ -4,7 +4,10 @@ Real Omniglot is found through ``$RKMETA_OMNIGLOT`` only (a folder holding ``ima
 ``images_evaluation/``; ``.ci/run`` sets it when CI has a copy). Tests that need it skip when it is absent.
 """
 
+import importlib.util
 import os
+import sys
+from types import ModuleType
 
 import pytest
 import torch
@@ -21,6 +24,20 @@ NO_OMNIGLOT_REASON = ("real Omniglot not available: set RKMETA_OMNIGLOT to a fol
                       "images_evaluation/ (get it with: python -m rkmeta_rl.data omniglot)")
 #: Marker for tests that need the real data.
 needs_omniglot = pytest.mark.skipif(not HAVE_OMNIGLOT, reason=NO_OMNIGLOT_REASON)
+
+
+#: The repository's root (the folder holding ``scripts/``).
+ROOT: str = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` as a module, registered in ``sys.modules`` (its dataclasses look their module up)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture(autouse=True)

@@ -114,8 +114,9 @@ def test_resume_of_another_commands_run_is_refused_as_such(tmp_path) -> None:
 @pytest.mark.parametrize("main,argv,needle", [
     (nav.main, ["--device", "tpu"], "'tpu'"),
     (nav.main, ["--gamma", "2.0"], "gamma"),
-    (nav.main, ["--gae-lambda", "1.5"], "gae_lambda"),
-    (sinusoid.main, ["--eval-tasks", "0"], "final_eval_tasks"),
+    (nav.main, ["--gae-lambda", "1.5"], "--gae-lambda must"),
+    (sinusoid.main, ["--eval-tasks", "0"], "--eval-tasks must"),  # the flag, not the config field
+    (sinusoid.main, ["--meta-batch-size", "0"], "--meta-batch-size must"),
     (sinusoid.main, ["--device", "tpu"], "'tpu'"),
     (fewshot.main, ["--filters", "0"], "filters"),
     (fewshot.main, ["--filters", "-1"], "filters"),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 from PIL import Image
 
 from rkmeta_rl.supervised import image_cache as ic
@@ -17,16 +18,10 @@ from rkmeta_rl.supervised import omniglot as og
 
 
 def _tree(base: Path, chars: int = 2, drawings: int = 3) -> None:
-    """Omniglot layout; every drawing distinct (random ink), so a swap of two files changes the images, and all
-    files of one size (uncompressed PNG), so a swap changes neither names nor sizes."""
-    rng = np.random.default_rng(0)
-    for subset in og.SUBSETS:
-        for c in range(chars):
-            d = base / subset / "Alpha" / f"character{c + 1:02d}"
-            d.mkdir(parents=True)
-            for k in range(drawings):
-                img = Image.fromarray(rng.random((105, 105)) > 0.3).convert("1")
-                img.save(d / f"{c}_{k:02d}.png", compress_level=0)
+    """Omniglot layout (``scripts/fault_sweep.py``'s builder); every drawing distinct (random ink), so a swap of
+    two files changes the images, and all files of one size (uncompressed PNG), so a swap changes neither names
+    nor sizes."""
+    load_script("fault_sweep").omniglot_tree(base, chars, drawings)
 
 
 def _no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:

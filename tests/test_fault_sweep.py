@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP = os.path.join(ROOT, "scripts", "fault_sweep.py")
@@ -54,13 +55,7 @@ def test_sweep_lists_and_selects_cases() -> None:
 
 
 def test_the_classifier_tells_the_outcomes_apart() -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("fault_sweep", SWEEP)
-    assert spec is not None and spec.loader is not None
-    fs = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("fault_sweep", fs)  # its dataclass looks its module up
-    spec.loader.exec_module(fs)
+    fs = load_script("fault_sweep")
 
     def proc(rc: int, err: str) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess([], rc, "", err)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import OMNIGLOT_ROOT
+from conftest import OMNIGLOT_ROOT, load_script
 from test_miniimagenet import _make_pickle_form
 
 from rkmeta_rl.logger import read_scalars
@@ -61,11 +61,7 @@ def test_miniimagenet_pickle_form_and_time_budget(tmp_path) -> None:
     (["--data-root", OMNIGLOT_ROOT, "--ways", "0"], "ways"),
 ])
 def test_bad_input_fails_with_message(tmp_path, flags, msg) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_fewshot", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("train_fewshot")
     with pytest.raises(SystemExit) as err:
         mod.main(["--no-progress", "--iterations", "1", "--logdir", str(tmp_path), *flags])
     assert msg in str(err.value)

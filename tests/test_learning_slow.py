@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
+from conftest import load_script
 
 from rkmeta_rl.supervised.sinusoid_problem import SinusoidProblem
 from rkmeta_rl.supervised.trainer import MetaTrainConfig, MetaTrainer
@@ -28,9 +28,7 @@ def test_sinusoid_learns_to_adapt(method) -> None:
 
 @pytest.mark.slow
 def test_nav_reference_adaptation_gain(tmp_path) -> None:
-    spec = importlib.util.spec_from_file_location("train_nav", os.path.join(ROOT, "scripts", "train_nav.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("train_nav")
     m = mod.main(["--method", "midpoint", "--config", "reference", "--iterations", "30", "--no-progress",
                   "--figure-interval", "0", "--logdir", str(tmp_path)])
     # the reference implementation: pre-adaptation about -36, post-adaptation about -15.5 when trained

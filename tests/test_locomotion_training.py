@@ -3,7 +3,6 @@ exact resume (videos included), flag and env errors."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -11,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 
 from rkmeta_rl.envs.locomotion import LOCOMOTION_IDS
 from rkmeta_rl.logger import read_scalars
@@ -21,14 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VEL = LOCOMOTION_IDS["HalfCheetahVel"]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-train_locomotion = _load("train_locomotion")
+train_locomotion = load_script("train_locomotion")
 TINY = ["--env", "HalfCheetahDir", "--meta-batch-size", "2", "--fast-batch-size", "2", "--horizon", "20",
         "--hidden-sizes", "16,16", "--no-progress", "--checkpoint-interval", "1", "--video-tasks", "2",
         "--video-size", "64x48", "--video-every", "4"]

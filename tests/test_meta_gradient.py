@@ -78,7 +78,12 @@ def grad_flat(fn, v):
 
 
 def hand_rk2(theta_v, data, a1, a2, alpha, steps, first_order=False):
-    """sum_T [a1 gS(theta) + a2 prod_j (I - alpha H_S(theta_j)) gQ(theta_n)] / T with explicit Hessians."""
+    """sum_T [a1 gS(theta) + a2 prod_j (I - H_S(theta_j) alpha) gQ(theta_n)] / T with explicit Hessians,
+    theta_{j+1} = theta_j - alpha * gS(theta_j).
+
+    ``a1``, ``a2`` and ``alpha`` are numbers or flat per-coordinate vectors (per-group methods and ``adapt=``,
+    tests/test_per_layer.py): ``d theta' / d theta = I - alpha H``, whose transpose is ``I - H alpha``.
+    """
     total = torch.zeros_like(theta_v)
     n = data["xs"].shape[0]
     for t in range(n):
@@ -92,7 +97,7 @@ def hand_rk2(theta_v, data, a1, a2, alpha, steps, first_order=False):
         if not first_order:
             for pt in reversed(pts[:-1]):
                 H = torch.autograd.functional.hessian(ls, pt)
-                g = g - alpha * H @ g
+                g = g - H @ (alpha * g)
         total += a1 * grad_flat(ls, theta_v) + a2 * g
     return total / n
 

@@ -9,14 +9,20 @@ the gradient of one scalar, so each stage ``k_i`` is checked and combined by han
 
 from __future__ import annotations
 
+import json
+import os
+
+import numpy as np
 import pytest
 import torch
+from conftest import OMNIGLOT_ROOT, load_script
 from test_meta_gradient import (
     NUMEL,
     SHAPES,
     central_fd,
     flat,
     grad_flat,
+    hand_rk2,
     make_data,
     query_loss,
     support_loss,
@@ -24,6 +30,7 @@ from test_meta_gradient import (
     unflat,
 )
 
+from rkmeta_rl.checkpoint import latest_checkpoint, load_checkpoint
 from rkmeta_rl.rk import (
     PerStage,
     adapt_and_score,
@@ -35,6 +42,8 @@ from rkmeta_rl.rk import (
     step_sizes,
 )
 from rkmeta_rl.rk.inner_step import inner_step
+from rkmeta_rl.rl import MetaTRPO
+from rkmeta_rl.supervised.trainer import MetaTrainer
 
 DT = torch.float64
 PATHS = ["vmap", "loop"]
@@ -65,26 +74,6 @@ def hand_groups(method, adapt=None, inner_lr=0.05, step_rule="tableau"):
             alpha[n] = inner_lr
         a1[n], a2[n] = (t.a[0], t.a[1]) if t.stages == 2 else (1.0, 0.0)
     return per_coord(alpha), per_coord(a1), per_coord(a2)
-
-
-def hand_per_group(theta_v, data, A, a1, a2, steps=1, first_order=False):
-    """mean_T [a1 * gS(theta) + a2 * prod_k (I - H_k A) gQ(theta_n)], theta_{k+1} = theta_k - A * gS(theta_k)."""
-    total = torch.zeros_like(theta_v)
-    n = data["xs"].shape[0]
-    for t in range(n):
-        d = task(data, t)
-        ls = lambda v, d=d: support_loss(unflat(v), d)  # noqa: E731
-        lq = lambda v, d=d: query_loss(unflat(v), d)  # noqa: E731
-        pts = [theta_v]
-        for _ in range(steps):
-            pts.append(pts[-1] - A * grad_flat(ls, pts[-1]))
-        k2 = grad_flat(lq, pts[-1])
-        if not first_order:
-            for pt in reversed(pts[:-1]):
-                H = torch.autograd.functional.hessian(ls, pt)
-                k2 = k2 - H @ (A * k2)
-        total += a1 * grad_flat(ls, theta_v) + a2 * k2
-    return total / n
 
 
 def engine(theta_v, data, method, inner_lr, path, **kw):
@@ -163,7 +152,7 @@ def test_anil_equals_hand_written(theta, path) -> None:
 def test_mixed_mapping_equals_hand_computed(theta, path, method, adapt, steps, rule) -> None:
     data = make_data(3)
     A, a1, a2 = hand_groups(method, adapt, 0.05, rule)
-    ref = hand_per_group(theta, data, A, a1, a2, steps)
+    ref = hand_rk2(theta, data, a1, a2, A, steps)
     got, _ = engine(theta, data, method, 0.05, path, adapt=adapt, inner_steps=steps, step_rule=rule)
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
 
@@ -172,7 +161,7 @@ def test_mixed_mapping_equals_hand_computed(theta, path, method, adapt, steps, r
 def test_mixed_first_order(theta, path) -> None:
     data = make_data(3)
     A, a1, a2 = hand_groups(MIXED)
-    ref = hand_per_group(theta, data, A, a1, a2, 2, first_order=True)
+    ref = hand_rk2(theta, data, a1, a2, A, 2, first_order=True)
     got, _ = engine(theta, data, MIXED, 0.05, path, inner_steps=2, first_order=True)
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
 
@@ -515,22 +504,11 @@ def test_meta_trpo_adapt_uses_per_group_rates_and_errors() -> None:
 
 # ---------------------------------------------------------------------------------------------- trainers
 
-import json  # noqa: E402
-import os  # noqa: E402
-
-import numpy as np  # noqa: E402
-from conftest import OMNIGLOT_ROOT  # noqa: E402
-from test_sinusoid_trainer import _script  # noqa: E402
-
-from rkmeta_rl.checkpoint import latest_checkpoint, load_checkpoint  # noqa: E402
-from rkmeta_rl.rl import MetaTRPO  # noqa: E402
-
-
 def test_sinusoid_script_with_per_layer_method_and_adapt(tmp_path) -> None:
     args = ["--method", "w2|b2=midpoint,*=ralston", "--adapt", "w2,b2,w1", "--iterations", "3", "--eval-tasks", "6",
             "--test-inner-steps", "2", "--no-compile", "--no-progress", "--logdir", str(tmp_path),
             "--checkpoint-interval", "3", "--inner-lr", "0.01"]
-    m = _script("train_sinusoid").main(args)
+    m = load_script("train_sinusoid").main(args)
     rates = step_sizes(["w0", "b0", "w1", "b1", "w2", "b2"], "w2|b2=midpoint,*=ralston", 0.01, adapt="w2,b2,w1")
     assert m["method"] == "w2|b2=midpoint,*=ralston" and m["adapt"] == "w2,b2,w1" and m["adapt_lr"] == rates
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
@@ -538,12 +516,12 @@ def test_sinusoid_script_with_per_layer_method_and_adapt(tmp_path) -> None:
     cfg = load_checkpoint(latest_checkpoint(str(tmp_path)))["config"]
     assert cfg["method"] == "w2|b2=midpoint,*=ralston" and cfg["adapt"] == "w2,b2,w1"
     with pytest.raises(SystemExit, match="adapt='w2,b2,w1', this run asks for adapt='w2,b2'"):
-        _script("train_sinusoid").main([*args[:2], "--adapt", "w2,b2", *args[4:], "--resume"])
+        load_script("train_sinusoid").main([*args[:2], "--adapt", "w2,b2", *args[4:], "--resume"])
 
 
 def test_trainer_evaluates_with_the_per_parameter_rates(tmp_path) -> None:
     from rkmeta_rl.supervised.sinusoid_problem import SinusoidProblem
-    from rkmeta_rl.supervised.trainer import MetaTrainConfig, MetaTrainer
+    from rkmeta_rl.supervised.trainer import MetaTrainConfig
 
     cfg = MetaTrainConfig(method="w2|b2=midpoint,*=heun", adapt="w2|b2", iterations=1, meta_batch_size=2,
                           device="cpu", test_inner_steps=2, eval_interval=0, final_eval_tasks=3, inner_lr=0.05)
@@ -560,7 +538,7 @@ def test_trainer_evaluates_with_the_per_parameter_rates(tmp_path) -> None:
 
 @pytest.mark.skipif(not os.path.isdir(OMNIGLOT_ROOT), reason="real Omniglot not found")
 def test_fewshot_script_with_per_layer_method_and_anil(tmp_path) -> None:
-    m = _script("train_fewshot").main([
+    m = load_script("train_fewshot").main([
         "--dataset", "omniglot", "--method", "fc.*=midpoint,*=ralston", "--adapt", "fc.*", "--data-root",
         OMNIGLOT_ROOT, "--iterations", "2", "--meta-batch-size", "2", "--eval-interval", "0", "--queries", "1",
         "--eval-tasks", "4", "--logdir", str(tmp_path), "--no-progress"])
@@ -587,21 +565,8 @@ def test_meta_trpo_with_a_method_mapping_and_adapt(tmp_path) -> None:
 # ---------------------------------------------------------------------------------------------- the study script
 
 
-def _study():
-    """scripts/per_layer_study.py as a module (registered, as its dataclasses need)."""
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("per_layer_study", os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "per_layer_study.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["per_layer_study"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_study_statistics_and_resume_from_finished_runs(tmp_path) -> None:
-    study = _study()
+    study = load_script("per_layer_study")
     m, hw = study.mean_interval([1.0, 2.0, 3.0])
     assert m == 2.0 and hw == pytest.approx(4.303 * 1.0 / 3 ** 0.5)
     assert study.mean_interval([5.0]) == (5.0, None)
@@ -627,7 +592,7 @@ def test_study_statistics_and_resume_from_finished_runs(tmp_path) -> None:
 @pytest.mark.slow  # two real runs through the training scripts, about half a minute
 @pytest.mark.skipif(not os.path.isdir(OMNIGLOT_ROOT), reason="real Omniglot not found")
 def test_study_smoke(tmp_path) -> None:
-    study = _study()
+    study = load_script("per_layer_study")
     args = ["--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"), "--seeds", "0", "--variants",
             "head-midpoint_body-ralston", "--omniglot-iterations", "1", "--omniglot-meta-batch-size", "2",
             "--omniglot-eval-tasks", "4", "--nav-iterations", "1", "--nav-meta-batch-size", "2",

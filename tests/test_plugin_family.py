@@ -4,7 +4,6 @@ families that break the protocol are refused with errors that say what is wrong.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -13,6 +12,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import load_script
 from gymnasium.envs.classic_control.pendulum import PendulumEnv
 
 from rkmeta_rl.envs.protocol import TaskFamilyError
@@ -136,10 +136,7 @@ def test_episodes_end_independently() -> None:
 
 
 def test_new_family_through_the_script_with_module(tmp_path) -> None:
-    spec = importlib.util.spec_from_file_location("train_locomotion", os.path.join(ROOT, "scripts",
-                                                                                   "train_locomotion.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("train_locomotion")
     m = script.main(["--env", PENDULUM_ID, "--module", __name__, "--method", "midpoint", "--iterations", "2",
                      "--meta-batch-size", "2", "--fast-batch-size", "2", "--horizon", "10", "--hidden-sizes", "8",
                      "--no-progress", "--logdir", str(tmp_path)])  # videos: skipped (not a MuJoCo env)

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from conftest import load_script
 
 from rkmeta_rl.checkpoint import LATEST, load_checkpoint, save_checkpoint
 from rkmeta_rl.logger import read_progress, read_scalars
@@ -152,22 +153,13 @@ def test_config_validation(field, value, msg) -> None:
         cfg(**{field: value}).validate()
 
 
-def _script(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.parametrize("flags,msg", [
     (["--method", "rk45"], "unknown RK method"), (["--inner-lr", "-1"], "inner_lr"),
     (["--meta-batch-size", "0"], "meta_batch_size"),
 ])
 def test_cli_bad_flags_fail_fast(tmp_path, flags, msg) -> None:
     with pytest.raises(SystemExit) as err:
-        _script("train_sinusoid").main([*flags, "--logdir", str(tmp_path)])
+        load_script("train_sinusoid").main([*flags, "--logdir", str(tmp_path)])
     assert msg in str(err.value)
     assert not os.path.exists(tmp_path / "progress.csv")
 

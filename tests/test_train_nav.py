@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
 import pytest
 import torch
+from conftest import load_script
 
 from rkmeta_rl.logger import read_scalars
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-train_nav = _load("train_nav")
+train_nav = load_script("train_nav")
 TINY = ["--config", "reference", "--meta-batch-size", "3", "--fast-batch-size", "4", "--no-progress",
         "--checkpoint-interval", "1"]
 
@@ -74,7 +67,7 @@ def test_bad_flags(tmp_path, flags, msg, capsys) -> None:
 
 
 def test_eval_nav_writes_curve_csv_and_plot(tmp_path) -> None:
-    eval_nav = _load("eval_nav")
+    eval_nav = load_script("eval_nav")
     run = tmp_path / "run"
     train_nav.main([*TINY, "--method", "midpoint", "--iterations", "1", "--figure-interval", "0",
                     "--logdir", str(run)])

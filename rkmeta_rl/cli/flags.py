@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Iterable, Mapping
@@ -80,6 +81,14 @@ CHOICES: dict[str, tuple[str, ...]] = {"step_rule": ("tableau", "fixed"), "path"
 def flag_name(field: str) -> str:
     """The flag of a config field."""
     return RENAMED.get(field, "--" + field.replace("_", "-"))
+
+
+def in_flag_terms(message: str) -> str:
+    """``message`` with every config field written with an underscore (``final_eval_tasks``) replaced by its
+    flag (``--eval-tasks``), so a command-line user reads the name they typed."""
+    names = sorted((f for f in FIELD_HELP if "_" in f), key=len, reverse=True)
+    pattern = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, names)) + r")(?![\w-])")
+    return pattern.sub(lambda m: flag_name(m.group(1)), message)
 
 
 def _metavar(field: str) -> str | None:

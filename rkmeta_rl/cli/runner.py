@@ -24,6 +24,7 @@ from ..distributed import DistInfo, destroy, init_distributed, split_batch
 from ..envs.protocol import TaskFamilyError
 from ..errors import CheckpointError, NonFiniteError, TrainingInterrupted
 from ..utils import set_threads
+from .flags import in_flag_terms
 
 __all__ = ["Command", "run_command", "add_run_flags", "USER_ERRORS"]
 
@@ -97,7 +98,7 @@ def run_command(cmd: Command, argv: list[str] | None = None) -> dict[str, Any]:
         dist = init_distributed(config.device, timeout_s=args.dist_timeout)
     except USER_ERRORS as err:
         destroy()
-        sys.exit(f"error: {err}")
+        sys.exit(f"error: {in_flag_terms(str(err))}")
     try:
         try:
             split_batch(getattr(config, "meta_batch_size", dist.world_size), dist.rank, dist.world_size)
