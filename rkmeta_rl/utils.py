@@ -1,4 +1,4 @@
-"""Small shared utilities: the device resolver, threads, confidence intervals, the atomic write, checks."""
+"""Small shared utilities: the device resolver, threads, the atomic write, checks."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import json
 import math
 import os
 import tempfile
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-import numpy as np
 import torch
 
-__all__ = ["resolve_device", "get_device", "set_threads", "mean_ci95", "atomic_write", "write_json_atomic",
+__all__ = ["resolve_device", "get_device", "set_threads", "atomic_write", "write_json_atomic",
            "check_positive", "check_unit_interval"]
 
 
@@ -48,16 +47,6 @@ def set_threads(n: int = 1) -> None:
     """Set torch's intra-op threads. One per process by default: measured on a 2-core machine, two threads
     made second-order MAML up to 20x slower under load."""
     torch.set_num_threads(max(1, int(n)))
-
-
-def mean_ci95(values: Sequence[float] | np.ndarray | torch.Tensor) -> tuple[float, float]:
-    """Mean and half-width of the normal-approximation 95% confidence interval, ``1.96 * std / sqrt(n)``."""
-    arr = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
-    if arr.size == 0:
-        raise ValueError("mean_ci95 of an empty sequence")
-    if arr.size == 1:
-        return float(arr[0]), float("nan")
-    return float(arr.mean()), float(1.96 * arr.std(ddof=1) / math.sqrt(arr.size))
 
 
 def atomic_write(path: str, write: Callable[[Any], None], binary: bool = True, mode: int | None = None) -> str:

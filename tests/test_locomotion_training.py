@@ -151,8 +151,8 @@ def test_resume_is_exact_and_videos_do_not_perturb(tmp_path) -> None:
 @pytest.mark.parametrize("flags,msg", [
     (["--env", "HalfCheetahVell"], "HalfCheetahVel"), (["--env", "nobody/Nothing-v0"], "--module"),
     (["--module", "no_such_module_xyz"], "cannot import"), (["--method", "rk4"], "one- and two-stage"),
-    (["--horizon", "0"], "horizon"), (["--fvp-subsample", "0"], "fvp_subsample"),
-    (["--video-interval", "-1"], "video_interval"), (["--hidden-sizes", "a,b"], "hidden-sizes"),
+    (["--horizon", "0"], "horizon"), (["--fvp-subsample", "0"], "--fvp-subsample must"),
+    (["--video-interval", "-1"], "--video-interval must"), (["--hidden-sizes", "a,b"], "hidden-sizes"),
 ])
 def test_bad_flags_fail_before_work(tmp_path, flags, msg) -> None:
     with pytest.raises(SystemExit) as err:

@@ -56,8 +56,8 @@ def test_resume_is_exact(tmp_path) -> None:
 
 @pytest.mark.parametrize("flags,msg", [
     (["--method", "rk4"], "one- and two-stage"), (["--method", "nope"], "unknown RK method"),
-    (["--inner-lr", "-1"], "inner_lr"), (["--meta-batch-size", "0"], "meta_batch_size"),
-    (["--fvp-subsample", "0"], "fvp_subsample"),
+    (["--inner-lr", "-1"], "--inner-lr must"), (["--meta-batch-size", "0"], "--meta-batch-size must"),
+    (["--fvp-subsample", "0"], "--fvp-subsample must"),
 ])
 def test_bad_flags(tmp_path, flags, msg, capsys) -> None:
     with pytest.raises(SystemExit) as err:

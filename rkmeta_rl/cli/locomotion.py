@@ -120,11 +120,11 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def _config(args: argparse.Namespace) -> MetaTRPOConfig:
     """Check the video flags, import ``--module``s, resolve ``--env``: all before any work."""
-    check_positive("video_interval", args.video_interval, integer=True, allow_zero=True)
-    check_positive("video_tasks", args.video_tasks, integer=True)
-    check_positive("video_every", args.video_every, integer=True)
+    check_positive("--video-interval", args.video_interval, integer=True, allow_zero=True)
+    check_positive("--video-tasks", args.video_tasks, integer=True)
+    check_positive("--video-every", args.video_every, integer=True)
     if args.video_horizon is not None:
-        check_positive("video_horizon", args.video_horizon, integer=True)
+        check_positive("--video-horizon", args.video_horizon, integer=True)
     parse_size(args.video_size)
     import_modules(args.module)
     env = resolve_env(args.env) if args.env is not None else LOCOMOTION[args.config].env
