@@ -51,7 +51,9 @@ FIELD_HELP: dict[str, str] = {
     "test_inner_steps": "inner steps scored at evaluation",
     "meta_lr": "Adam's learning rate",
     "path": "engine execution path: auto | vmap | loop",
-    "compile": "torch.compile the vectorised meta-gradient (falls back to eager with a warning)",
+    "compile": ("torch.compile the vectorised meta-gradient from the first iteration (--no-compile: never; none: "
+                "when it pays, float32 MLPs on the CPU after a few seconds); a failed compile falls back to eager "
+                "with a warning"),
     "eval_interval": "iterations between evaluations during training (0: never)",
     "eval_tasks": "tasks per evaluation during training",
     "final_eval_tasks": "tasks (episodes) of the final evaluation",
