@@ -6,12 +6,12 @@ import json
 import math
 import os
 import tempfile
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["resolve_device", "get_device", "set_threads", "mean_ci95", "atomic_write", "write_json_atomic",
+__all__ = ["resolve_device", "get_device", "set_threads", "available_cores", "default_threads", "mean_ci95", "atomic_write", "write_json_atomic",
            "check_positive", "check_unit_interval"]
 
 
@@ -45,9 +45,43 @@ get_device = resolve_device
 
 
 def set_threads(n: int = 1) -> None:
-    """Set torch's intra-op threads. One per process by default: measured on a 2-core machine, two threads
-    made second-order MAML up to 20x slower under load."""
+    """Set torch's intra-op threads to ``n`` (at least 1)."""
     torch.set_num_threads(max(1, int(n)))
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask: what ``taskset``, cgroups cpusets and batch
+    schedulers leave it), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity on this platform (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
+def _positive_int(environ: Mapping[str, str], name: str) -> int | None:
+    value = environ.get(name, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def default_threads(environ: Mapping[str, str] | None = None) -> int:
+    """The torch intra-op threads a training command uses when ``--threads`` is not given.
+
+    In order: ``$OMP_NUM_THREADS`` when it is set to a positive integer (the user's choice; torchrun sets 1
+    when it is unset); under torchrun (``$WORLD_SIZE`` > 1) the cores this process may use divided among the
+    processes on this node (``$LOCAL_WORLD_SIZE``), at least 1; otherwise every core this process may use
+    (:func:`available_cores`). A core another job keeps busy still counts: pass ``--threads 1`` on a shared
+    machine (measured in the README's performance section).
+    """
+    env = os.environ if environ is None else environ
+    omp = _positive_int(env, "OMP_NUM_THREADS")
+    if omp is not None:
+        return omp
+    cores = available_cores()
+    world = _positive_int(env, "WORLD_SIZE") or 1
+    if world > 1:
+        local = _positive_int(env, "LOCAL_WORLD_SIZE") or world
+        return max(1, cores // local)
+    return cores
 
 
 def mean_ci95(values: Sequence[float] | np.ndarray | torch.Tensor) -> tuple[float, float]:

@@ -35,7 +35,7 @@ class MetaTrainConfig(BaseConfig):
     inner_lr: float = 0.01
     log_interval: int = 100
     checkpoint_interval: int = 2000
-    threads: Optional[int] = 1
+    threads: Optional[int] = None
     meta_batch_size: int = 25
     test_inner_steps: int = 10
     meta_lr: float = 1e-3

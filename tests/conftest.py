@@ -12,6 +12,7 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # the commands tests start: one thread each too
 os.environ.setdefault("RKMETA_COMPILE", "0")
 
 #: The real Omniglot dataset (read-only), from ``$RKMETA_OMNIGLOT``; empty when unset.

@@ -31,7 +31,8 @@ FIELD_HELP: dict[str, str] = {
     "log_interval": "iterations between log rows",
     "checkpoint_interval": "iterations between checkpoints",
     "time_budget_min": "stop cleanly (checkpoint, metrics.json) after this many minutes of training",
-    "threads": "torch intra-op threads per process",
+    "threads": ("torch intra-op threads per process (none: $OMP_NUM_THREADS if set, else under torchrun the "
+                "cores / processes on the node, else every core this process may use; 1 on a busy machine)"),
     "env": "task family: a built-in name, a registered id, or module:Id",
     "meta_batch_size": "tasks per meta-iteration",
     "fast_batch_size": "trajectories per task for each of D0 and D1",

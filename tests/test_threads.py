@@ -1,0 +1,49 @@
+"""The default torch thread count of training commands (``rkmeta_rl.utils.default_threads``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rkmeta_rl import utils
+from rkmeta_rl.cli.flags import FIELD_HELP
+
+
+@pytest.fixture
+def cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that may run on 8 cores."""
+    monkeypatch.setattr(utils.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+
+
+def test_available_cores_is_the_affinity_mask(cores: None) -> None:
+    assert utils.available_cores() == 8
+
+
+def test_one_process_uses_the_cores_it_has(cores: None) -> None:
+    assert utils.default_threads({}) == 8
+    assert utils.default_threads({"WORLD_SIZE": "1"}) == 8
+
+
+def test_omp_num_threads_wins(cores: None) -> None:
+    assert utils.default_threads({"OMP_NUM_THREADS": "3"}) == 3
+    assert utils.default_threads({"OMP_NUM_THREADS": "3", "WORLD_SIZE": "4"}) == 3
+    # not a positive integer: ignored, as torch ignores it
+    assert utils.default_threads({"OMP_NUM_THREADS": "0"}) == 8
+    assert utils.default_threads({"OMP_NUM_THREADS": "many"}) == 8
+
+
+def test_torchrun_processes_share_the_cores(cores: None) -> None:
+    assert utils.default_threads({"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "8"}) == 1
+    assert utils.default_threads({"WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "16"}) == 1  # never 0
+    assert utils.default_threads({"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}) == 4  # two nodes of two
+    assert utils.default_threads({"WORLD_SIZE": "3"}) == 2  # no LOCAL_WORLD_SIZE: all on this node
+
+
+def test_no_affinity_falls_back_to_the_cpu_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(utils.os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(utils.os, "cpu_count", lambda: 6)
+    assert utils.default_threads({}) == 6
+
+
+def test_the_flag_says_the_default() -> None:
+    assert "every core this process may use" in FIELD_HELP["threads"]
+    assert "OMP_NUM_THREADS" in FIELD_HELP["threads"]
