@@ -11,8 +11,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-__all__ = ["resolve_device", "get_device", "set_threads", "available_cores", "default_threads", "mean_ci95", "atomic_write", "write_json_atomic",
-           "check_positive", "check_unit_interval"]
+__all__ = ["resolve_device", "get_device", "set_threads", "available_cores", "default_threads", "mean_ci95",
+           "atomic_write", "write_json_atomic", "check_positive", "check_unit_interval"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -36,8 +36,8 @@ from typing import Any, Callable, Literal, Mapping
 import torch
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["CompileMode", "AUTO_MIN_CALLS", "AUTO_MIN_EAGER_SECONDS", "ENV_VAR", "check_mode", "auto_blocker",
-           "signature", "run", "compiled_programs", "clear"]
+__all__ = ["CompileMode", "AUTO_MIN_CALLS", "AUTO_MIN_EAGER_SECONDS", "COMPILE_OPTIONS", "ENV_VAR", "check_mode",
+           "auto_blocker", "signature", "run", "compiled_programs", "clear"]
 
 CompileMode = bool | Literal["auto"]
 Program = Callable[..., Any]
@@ -48,6 +48,9 @@ AUTO_MIN_CALLS: int = 3
 AUTO_MIN_EAGER_SECONDS: float = 5.0
 #: the environment switch of ``compile="auto"``
 ENV_VAR = "RKMETA_COMPILE"
+#: keyword arguments of ``torch.compile`` (part of every program key). Benchmarks may set others, e.g.
+#: ``mode="reduce-overhead"`` (CUDA graphs) in ``scripts/gpu_check.py``; ``compile="auto"`` never changes them.
+COMPILE_OPTIONS: dict[str, Any] = {"dynamic": False}
 #: call signatures whose eager calls are counted (least recently used ones are forgotten beyond this)
 _MAX_COUNTED = 256
 
@@ -142,6 +145,7 @@ def run(program_key: tuple, build: Callable[[], Program], args: tuple, compile: 
         compile: ``True`` (compile), ``False`` (eager) or ``"auto"`` (the rule of this module).
         params, task_data: what :func:`auto_blocker` and :func:`signature` look at.
     """
+    program_key = program_key + (tuple(sorted(COMPILE_OPTIONS.items())),)
     sig = signature(program_key, params, task_data)
     if _wants_compile(compile, program_key, sig, lambda: auto_blocker(params, task_data)):
         fn = _PROGRAMS.get(program_key)
@@ -149,7 +153,7 @@ def run(program_key: tuple, build: Callable[[], Program], args: tuple, compile: 
             if fn is None:
                 # one fused graph of the nested vmap/grad program: several times fewer seconds per call for
                 # small MLPs on CPU, after a first call that compiles for tens of seconds
-                fn = torch.compile(build(), dynamic=False)
+                fn = torch.compile(build(), **COMPILE_OPTIONS)
                 _PROGRAMS[program_key] = fn
             out = fn(*args)
             _COMPILED_SIGNATURES.add(sig)
