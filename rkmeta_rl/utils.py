@@ -6,7 +6,7 @@ import json
 import math
 import os
 import tempfile
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -63,14 +63,32 @@ def _positive_int(environ: Mapping[str, str], name: str) -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
-def default_threads(environ: Mapping[str, str] | None = None) -> int:
+def _load_average() -> float | None:
+    """The 1-minute load average (runnable processes, machine-wide), or None where there is none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def default_threads(environ: Mapping[str, str] | None = None, load: float | None | Literal["now"] = "now") -> int:
     """The torch intra-op threads a training command uses when ``--threads`` is not given.
 
-    In order: ``$OMP_NUM_THREADS`` when it is set to a positive integer (the user's choice; torchrun sets 1
-    when it is unset); under torchrun (``$WORLD_SIZE`` > 1) the cores this process may use divided among the
-    processes on this node (``$LOCAL_WORLD_SIZE``), at least 1; otherwise every core this process may use
-    (:func:`available_cores`). A core another job keeps busy still counts: pass ``--threads 1`` on a shared
-    machine (measured in the README's performance section).
+    In order:
+
+    1. ``$OMP_NUM_THREADS`` when it is set to a positive integer (the user's choice; torchrun sets 1 when it is
+       unset);
+    2. under torchrun (``$WORLD_SIZE`` > 1): the cores this process may use divided among the processes on this
+       node (``$LOCAL_WORLD_SIZE``), at least 1;
+    3. otherwise the cores this process may use (:func:`available_cores`) that other jobs leave idle:
+       ``min(cores, round(cpu_count - load))``, at least 1, with ``load`` the 1-minute load average at start.
+       Measured on a 2-core machine with other jobs running (load average about 6), two threads made a 2D
+       navigation meta-iteration 2-2.5x slower than one (README, "Threads"); on an idle machine every core is
+       used. In a container the load average is the host's: pass ``--threads`` there.
+
+    Args:
+        environ: the environment (default ``os.environ``).
+        load: the load average to use (``"now"``: read it; None: ignore load).
     """
     env = os.environ if environ is None else environ
     omp = _positive_int(env, "OMP_NUM_THREADS")
@@ -81,7 +99,11 @@ def default_threads(environ: Mapping[str, str] | None = None) -> int:
     if world > 1:
         local = _positive_int(env, "LOCAL_WORLD_SIZE") or world
         return max(1, cores // local)
-    return cores
+    busy = _load_average() if load == "now" else load
+    if busy is None:
+        return cores
+    idle = int((os.cpu_count() or cores) - busy + 0.5)
+    return max(1, min(cores, idle))
 
 
 def mean_ci95(values: Sequence[float] | np.ndarray | torch.Tensor) -> tuple[float, float]:

@@ -10,8 +10,10 @@ from rkmeta_rl.cli.flags import FIELD_HELP
 
 @pytest.fixture
 def cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A process that may run on 8 cores."""
+    """A process that may run on 8 of the machine's 8 cores, on an idle machine."""
     monkeypatch.setattr(utils.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(utils.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(utils.os, "getloadavg", lambda: (0.2, 0.2, 0.2), raising=False)
 
 
 def test_available_cores_is_the_affinity_mask(cores: None) -> None:
@@ -21,6 +23,22 @@ def test_available_cores_is_the_affinity_mask(cores: None) -> None:
 def test_one_process_uses_the_cores_it_has(cores: None) -> None:
     assert utils.default_threads({}) == 8
     assert utils.default_threads({"WORLD_SIZE": "1"}) == 8
+
+
+def test_cores_other_jobs_keep_busy_are_left_to_them(cores: None) -> None:
+    assert utils.default_threads({}, load=0.4) == 8
+    assert utils.default_threads({}, load=2.6) == 5  # round(8 - 2.6)
+    assert utils.default_threads({}, load=7.7) == 1
+    assert utils.default_threads({}, load=30.0) == 1  # never 0
+    assert utils.default_threads({}, load=None) == 8  # no load average: every core
+    assert utils.default_threads({}) == 8  # "now": reads the (patched) load average, 0.2
+
+
+def test_an_affinity_mask_bounds_the_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(utils.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(utils.os, "cpu_count", lambda: 16)
+    assert utils.default_threads({}, load=3.0) == 2  # 13 idle on the machine, 2 allowed to this process
+    assert utils.default_threads({}, load=15.0) == 1
 
 
 def test_omp_num_threads_wins(cores: None) -> None:
@@ -41,6 +59,8 @@ def test_torchrun_processes_share_the_cores(cores: None) -> None:
 def test_no_affinity_falls_back_to_the_cpu_count(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(utils.os, "sched_getaffinity", raising=False)
     monkeypatch.setattr(utils.os, "cpu_count", lambda: 6)
+    assert utils.default_threads({}, load=None) == 6
+    monkeypatch.delattr(utils.os, "getloadavg", raising=False)
     assert utils.default_threads({}) == 6
 
 
