@@ -34,6 +34,25 @@ FIELD_HELP: dict[str, str] = {
     "threads": ("torch intra-op threads per process (none: $OMP_NUM_THREADS if set, else under torchrun the "
                 "cores / processes on the node, else every core this process may use that other jobs leave idle "
                 "by the load average)"),
+    "env": "task family: a built-in name, a registered id, or module:Id",
+    "meta_batch_size": "tasks per meta-iteration",
+    "fast_batch_size": "trajectories per task for each of D0 and D1",
+    "max_kl": "TRPO's KL trust region",
+    "cg_iters": "conjugate-gradient iterations",
+    "cg_damping": "damping added to the Fisher-vector product",
+    "ls_backtrack_ratio": "line-search step shrink factor, in (0, 1)",
+    "ls_max_steps": "line-search steps",
+    "gamma": "discount, in (0, 1]",
+    "gae_lambda": "GAE lambda, in (0, 1]",
+    "horizon": "episode horizon (default: the family's max_episode_steps)",
+    "fvp_subsample": "fraction of steps the Fisher-vector product uses (1: exact; gradient and line search use all)",
+    "normalize_advantages": "standardise advantages per task",
+    "sampler": "auto (a family's torch twin, else batched) | twin | batched | gym (the slow reference loop)",
+    "num_workers": "env worker processes of the batched sampler (results do not depend on it)",
+    "policy_kwargs": "policy settings (see --hidden-sizes, --activation)",
+    "test_inner_steps": "inner steps scored at evaluation",
+    "meta_lr": "Adam's learning rate",
+    "path": "engine execution path: auto | vmap | loop",
     "compile": ("torch.compile the vectorised meta-gradient from the first iteration (--no-compile: never; none: "
                 "when it pays, float32 MLPs on the CPU after a few seconds); a failed compile falls back to eager "
                 "with a warning"),
