@@ -201,3 +201,20 @@ def test_compiled_default_path_equals_the_loop(monkeypatch: pytest.MonkeyPatch) 
     exact, _ = meta_gradient(p64, support_loss, query_loss, d64, "ralston", 0.05, path="loop")
     for k in params:
         torch.testing.assert_close(g[k].double(), exact[k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("setting,builds", [(None, 1), (False, 0), (True, 1)])
+def test_the_trainer_passes_its_compile_setting(monkeypatch: pytest.MonkeyPatch, setting: Any, builds: int) -> None:
+    """``MetaTrainConfig.compile``: None (default) is ``compile="auto"``, False never, True always."""
+    from rkmeta_rl.supervised.config import MetaTrainConfig
+    from rkmeta_rl.supervised.sinusoid_problem import SinusoidProblem
+    from rkmeta_rl.supervised.trainer import MetaTrainer
+
+    fake = FakeCompile()
+    monkeypatch.setattr(torch, "compile", fake)
+    monkeypatch.setenv(autocompile.ENV_VAR, "1")  # auto compiles on the first call
+    tr = MetaTrainer(SinusoidProblem(), MetaTrainConfig(meta_batch_size=3, compile=setting, eval_interval=0))
+    assert MetaTrainConfig().compile is None
+    tr.step()
+    tr.step()
+    assert fake.builds == builds and fake.calls == 2 * builds
