@@ -145,11 +145,13 @@ def test_auto_waits_for_eager_seconds_and_never_compiles_what_it_must_not(monkey
     assert fake.builds == 0  # not enough eager seconds yet
     monkeypatch.setattr(autocompile, "AUTO_MIN_EAGER_SECONDS", 0.0)
     p64, d64 = make(dtype=torch.float64)
+    counted = len(autocompile._COUNTS)
     for _ in range(3):
         call(p64, d64)
         call(params, data, compile=False)
         meta_gradient(params, support_loss, query_loss, data, "ralston", 0.05, path="loop")
     assert fake.builds == 0  # float64, compile=False and the loop path stay eager
+    assert len(autocompile._COUNTS) == counted  # and are not counted (their loss functions are not kept alive)
     monkeypatch.setenv(autocompile.ENV_VAR, "0")
     call(params, data)
     assert fake.builds == 0

@@ -121,17 +121,19 @@ def _count(sig: tuple) -> _Count:
     return c
 
 
-def _wants_compile(compile: CompileMode, program_key: tuple, sig: tuple, blocker: Callable[[], str | None]) -> bool:
+def _decide(compile: CompileMode, program_key: tuple, sig: tuple, params: Mapping[str, torch.Tensor],
+            task_data: Any) -> tuple[bool, bool]:
+    """``(compile now, count this eager call)`` for one call."""
     if compile is False or _PROGRAMS.get(program_key, True) is None:  # off, or failed before
-        return False
+        return False, False
     if compile is True:
-        return True
-    if blocker() is not None:
-        return False
+        return True, False
+    if auto_blocker(params, task_data) is not None:  # never by itself: not counted (nor kept alive) either
+        return False, False
     if sig in _COMPILED_SIGNATURES or _env_setting() == "1":
-        return True
+        return True, False
     c = _COUNTS.get(sig)
-    return c is not None and c.calls >= AUTO_MIN_CALLS and c.seconds >= AUTO_MIN_EAGER_SECONDS
+    return (c is not None and c.calls >= AUTO_MIN_CALLS and c.seconds >= AUTO_MIN_EAGER_SECONDS), True
 
 
 def run(program_key: tuple, build: Callable[[], Program], args: tuple, compile: CompileMode,
@@ -147,7 +149,8 @@ def run(program_key: tuple, build: Callable[[], Program], args: tuple, compile: 
     """
     program_key = program_key + (tuple(sorted(COMPILE_OPTIONS.items())),)
     sig = signature(program_key, params, task_data)
-    if _wants_compile(compile, program_key, sig, lambda: auto_blocker(params, task_data)):
+    now, count = _decide(compile, program_key, sig, params, task_data)
+    if now:
         fn = _PROGRAMS.get(program_key)
         try:
             if fn is None:
@@ -160,12 +163,13 @@ def run(program_key: tuple, build: Callable[[], Program], args: tuple, compile: 
             return out
         except Exception as err:  # noqa: BLE001 - any compiler failure falls back to the eager program
             _PROGRAMS[program_key] = None
+            count = False
             warnings.warn(f"torch.compile of the meta-gradient failed ({type(err).__name__}: {err}); using the "
                           "eager program for these loss functions and settings from now on", RuntimeWarning,
                           stacklevel=4)
     t0 = time.perf_counter()
     out = build()(*args)
-    if compile == "auto":
+    if count:
         c = _count(sig)
         c.calls += 1
         c.seconds += time.perf_counter() - t0
