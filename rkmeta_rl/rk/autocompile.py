@@ -26,6 +26,7 @@ unset or ``auto`` (the rule above). The test suite sets ``0`` (``tests/conftest.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import warnings
@@ -41,6 +42,8 @@ __all__ = ["CompileMode", "AUTO_MIN_CALLS", "AUTO_MIN_EAGER_SECONDS", "COMPILE_O
 
 CompileMode = bool | Literal["auto"]
 Program = Callable[..., Any]
+
+_log = logging.getLogger(__name__)
 
 #: eager calls of one call signature before ``compile="auto"`` compiles its program
 AUTO_MIN_CALLS: int = 3
@@ -156,6 +159,10 @@ def run(program_key: tuple, build: Callable[[], Program], args: tuple, compile: 
             if fn is None:
                 # one fused graph of the nested vmap/grad program: several times fewer seconds per call for
                 # small MLPs on CPU, after a first call that compiles for tens of seconds
+                c = _COUNTS.get(sig)
+                _log.info("compiling the meta-gradient with torch.compile (%s): the first compiled call takes tens "
+                          "of seconds", "asked for" if compile is True or c is None else
+                          f"after {c.calls} eager calls, {c.seconds:.1f} s")
                 fn = torch.compile(build(), **COMPILE_OPTIONS)
                 _PROGRAMS[program_key] = fn
             out = fn(*args)
