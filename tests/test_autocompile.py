@@ -99,6 +99,8 @@ def test_what_auto_never_compiles(monkeypatch: pytest.MonkeyPatch) -> None:
     p64, d64 = make(dtype=torch.float64)
     assert "float32" in autocompile.auto_blocker(p64, d64)
     assert "float32" in autocompile.auto_blocker(params, {k: v.double() for k, v in data.items()})
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    assert "torch.distributed" in autocompile.auto_blocker(params, data)
     monkeypatch.setenv(autocompile.ENV_VAR, "0")
     assert autocompile.auto_blocker(params, data) == "RKMETA_COMPILE=0"
 

@@ -16,7 +16,8 @@ been asked for often enough that compiling pays, then compiles it once and reuse
   more dimensions (convolution kernels: compiling the second-order conv program is slow and not measured to
   pay), tensors other than float32 (float64 reference and test code), a device other than the CPU (not measured
   here; ``scripts/gpu_check.py`` times compiled against eager on CUDA), a call made while ``torch.compile`` is
-  already tracing, and ``RKMETA_COMPILE=0``. CUDA graphs (``mode="reduce-overhead"``) are never used here.
+  already tracing, a ``torch.distributed`` run (ranks would compile at different moments, the others waiting in
+  a collective that times out), and ``RKMETA_COMPILE=0``. CUDA graphs (``mode="reduce-overhead"``) are never used here.
 * **failure**: when compiling or a compiled call raises, a ``RuntimeWarning`` names the error, the call is
   answered by the eager program, and that program is never compiled again in this process.
 
@@ -96,6 +97,9 @@ def auto_blocker(params: Mapping[str, torch.Tensor], task_data: Any) -> str | No
         return f"{ENV_VAR}=0"
     if torch.compiler.is_compiling():
         return "called while torch.compile is tracing"
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # each rank would compile at its own moment while the others wait in a collective (which times out)
+        return "a torch.distributed run (pass compile=True: every rank compiles on its first call)"
     tensors = list(params.values()) + [x for x in tree_leaves(task_data) if isinstance(x, torch.Tensor)]
     if any(p.dim() >= 3 for p in params.values()):
         return "a parameter with 3 or more dimensions (convolution kernel)"
