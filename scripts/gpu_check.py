@@ -34,7 +34,8 @@ lines go to stdout as sections finish; the last line is one JSON object with ``c
 ``stopped_by_budget``.
 
 Exit status: 0 when every section ran or was skipped, 1 when one failed (its error is in the JSON). Without
-CUDA: one line saying so, the JSON ``{"cuda": false, ...}``, exit status 0.
+CUDA: one line saying so, the JSON ``{"cuda": false, "cuda_available": false, "message": ..., ...}``, exit status
+0.
 """
 
 from __future__ import annotations
@@ -405,19 +406,19 @@ def main(argv: list[str] | None = None) -> int:
     base: dict[str, Any] = {"torch": torch.__version__, "cuda_version": torch.version.cuda,
                             "machine": platform.machine(), "cpu_cores": os.cpu_count()}
     if not torch.cuda.is_available() and not args.cpu_harness:
-        print("gpu_check: no CUDA device on this machine (torch.cuda.is_available() is False): nothing timed",
-              flush=True)
-        print(json.dumps({"cuda": False, **base}))
+        message = "no CUDA device on this machine (torch.cuda.is_available() is False): nothing timed (exit 0)"
+        print(f"gpu_check: {message}", flush=True)
+        print(json.dumps({"cuda": False, "cuda_available": False, "message": message, **base}))
         return 0
     budget = Budget(args.max_seconds)
     if args.cpu_harness:
         dev = "cpu"
         args.iters, args.warmup, args.no_cpu = 1, min(args.warmup, 1), True
-        res: dict[str, Any] = {"cuda": False, "cpu_harness": True, **base}
+        res: dict[str, Any] = {"cuda": False, "cuda_available": False, "cpu_harness": True, **base}
     else:
         dev = "cuda"
         props = torch.cuda.get_device_properties(0)
-        res = {"cuda": True, "gpu": torch.cuda.get_device_name(0), **base,
+        res = {"cuda": True, "cuda_available": True, "gpu": torch.cuda.get_device_name(0), **base,
                "cudnn": torch.backends.cudnn.version(), "capability": f"{props.major}.{props.minor}",
                "gpu_memory_gib": round(props.total_memory / 2**30, 1)}
     print(f"gpu_check on {res.get('gpu', 'the CPU (harness check)')}, torch {torch.__version__}, "
