@@ -17,7 +17,8 @@ been asked for often enough that compiling pays, then compiles it once and reuse
   pay), tensors other than float32 (float64 reference and test code), a device other than the CPU (not measured
   here; ``scripts/gpu_check.py`` times compiled against eager on CUDA), a call made while ``torch.compile`` is
   already tracing, a ``torch.distributed`` run (ranks would compile at different moments, the others waiting in
-  a collective that times out), and ``RKMETA_COMPILE=0``. CUDA graphs (``mode="reduce-overhead"``) are never used here.
+  a collective that times out), and ``RKMETA_COMPILE=0``. CUDA graphs (``mode="reduce-overhead"``) are never
+  used by ``"auto"``.
 * **failure**: when compiling or a compiled call raises, a ``RuntimeWarning`` names the error, the call is
   answered by the eager program, and that program is never compiled again in this process.
 
