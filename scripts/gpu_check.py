@@ -319,6 +319,8 @@ def section_omniglot(dev: str, args: argparse.Namespace, budget: Budget) -> dict
     from rkmeta_rl.supervised.fewshot_problem import FewShotProblem
     from rkmeta_rl.supervised.omniglot import load_omniglot_splits
 
+    if budget.left() < 60 and not args.cpu_harness:
+        return {"skipped": f"only {budget.left():.0f} s left (loading and a short run need a minute or more)"}
     c = FEWSHOT["paper-omniglot-5w1s"]
     t0 = time.perf_counter()
     splits = load_omniglot_splits(omniglot_root(args.omniglot_root), num_val=c.val_characters, progress=False,
@@ -384,6 +386,8 @@ def section_locomotion(dev: str, args: argparse.Namespace, budget: Budget) -> di
         return {"skipped": "mujoco is not installed"}
     from rkmeta_rl.presets import LOCOMOTION
 
+    if budget.left() < 60 and not args.cpu_harness:
+        return {"skipped": f"only {budget.left():.0f} s left (two iterations need about a minute)"}
     settings = {"meta_batch_size": 2, "fast_batch_size": 2, "horizon": 20} if args.cpu_harness else {}
     model = _metatrpo(dev, "rkmeta/HalfCheetahVel-v0", LOCOMOTION["maml"], method="ralston", **settings)
     try:
