@@ -67,3 +67,28 @@ def test_no_affinity_falls_back_to_the_cpu_count(monkeypatch: pytest.MonkeyPatch
 def test_the_flag_says_the_default() -> None:
     assert "every core this process may use" in FIELD_HELP["threads"]
     assert "OMP_NUM_THREADS" in FIELD_HELP["threads"]
+
+
+@pytest.mark.parametrize("threads,expected", [(None, 3), (2, 2)])
+def test_commands_use_the_default_unless_told(monkeypatch: pytest.MonkeyPatch, tmp_path, threads: int | None,
+                                              expected: int) -> None:
+    """The one flow of every command sets ``--threads`` when given, else :func:`utils.default_threads`."""
+    import argparse
+
+    from rkmeta_rl.cli import runner
+    from rkmeta_rl.supervised.config import MetaTrainConfig
+
+    seen: list[int] = []
+    monkeypatch.setattr(runner, "default_threads", lambda: 3)
+    monkeypatch.setattr(runner, "set_threads", seen.append)
+    parser = argparse.ArgumentParser()
+    runner.add_run_flags(parser)
+
+    def build(*_: object) -> None:
+        raise ValueError("stop here")
+
+    cmd = runner.Command(parser=parser, config=lambda a: MetaTrainConfig(threads=threads, device="cpu"),
+                         logdir=lambda a, c: str(tmp_path), build=build, finish=lambda a, m: {})
+    with pytest.raises(SystemExit, match="stop here"):
+        runner.run_command(cmd, [])
+    assert seen == [expected]
