@@ -30,8 +30,8 @@ _RELU100 = {"hidden_sizes": (100, 100), "activation": "relu"}
 
 NAV: dict[str, MetaTRPOConfig] = {
     "seed": MetaTRPOConfig(iterations=100, inner_lr=0.16, meta_batch_size=40, fast_batch_size=20,
-                           fvp_subsample=0.2, checkpoint_interval=5, threads=1, policy_kwargs=dict(_RELU100)),
-    "reference": MetaTRPOConfig(iterations=500, fvp_subsample=0.2, checkpoint_interval=5, threads=1,
+                           fvp_subsample=0.2, checkpoint_interval=5, policy_kwargs=dict(_RELU100)),
+    "reference": MetaTRPOConfig(iterations=500, fvp_subsample=0.2, checkpoint_interval=5,
                                 **REFERENCE_NAV_KWARGS),
 }
 NAV["paper"] = NAV["seed"]
@@ -39,7 +39,7 @@ NAV["paper"] = NAV["seed"]
 
 LOCOMOTION: dict[str, MetaTRPOConfig] = {
     "maml": MetaTRPOConfig(env="rkmeta/HalfCheetahVel-v0", iterations=500, inner_lr=0.1, meta_batch_size=40,
-                           fast_batch_size=20, max_kl=0.01, fvp_subsample=0.2, checkpoint_interval=5, threads=1,
+                           fast_batch_size=20, max_kl=0.01, fvp_subsample=0.2, checkpoint_interval=5,
                            policy_kwargs=dict(_RELU100)),
 }
 

@@ -21,7 +21,9 @@ class MetaTrainConfig(BaseConfig):
         test_inner_steps: inner steps scored at evaluation (metrics after 1..this many steps are kept).
         meta_lr: Adam learning rate.
         path: engine execution path: ``"auto"``, ``"vmap"`` or ``"loop"``.
-        compile: ``torch.compile`` the vectorised meta-gradient (falls back to eager with a warning).
+        compile: ``torch.compile`` the vectorised meta-gradient: ``True`` from the first iteration, ``False``
+            never, ``None`` (default) when it pays (``compile="auto"`` of :func:`rkmeta_rl.rk.meta_gradient`).
+            A failed compile falls back to the eager program with a warning.
         eval_interval: iterations between evaluations during training (0: never).
         eval_tasks: tasks per evaluation during training.
         final_eval_tasks: tasks of the final evaluation.
@@ -33,12 +35,12 @@ class MetaTrainConfig(BaseConfig):
     inner_lr: float = 0.01
     log_interval: int = 100
     checkpoint_interval: int = 2000
-    threads: Optional[int] = 1
+    threads: Optional[int] = None
     meta_batch_size: int = 25
     test_inner_steps: int = 10
     meta_lr: float = 1e-3
     path: str = "auto"
-    compile: bool = False
+    compile: Optional[bool] = None
     eval_interval: int = 5000
     eval_tasks: int = 100
     final_eval_tasks: int = 600

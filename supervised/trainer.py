@@ -168,15 +168,9 @@ class MetaTrainer(BaseMetaAlgorithm):
         c = self.config
         kwargs = dict(method=self.method_spec, adapt=c.adapt, inner_lr=c.inner_lr, inner_steps=c.inner_steps,
                       step_rule=c.step_rule, first_order=c.first_order, path=c.path)
-        if self._compile:
-            try:
-                return meta_gradient(self.params, self.problem.support_loss, self.problem.query_loss, data,
-                                     compile=True, **kwargs)
-            except Exception as err:  # noqa: BLE001 - any compiler failure falls back to the eager program
-                warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); using the eager path",
-                              RuntimeWarning, stacklevel=2)
-                self._compile = False
-        return meta_gradient(self.params, self.problem.support_loss, self.problem.query_loss, data, **kwargs)
+        compile = "auto" if self._compile is None else self._compile  # failures fall back inside, with a warning
+        return meta_gradient(self.params, self.problem.support_loss, self.problem.query_loss, data,
+                             compile=compile, **kwargs)
 
     def train_iteration(self) -> dict[str, float]:
         """One meta-iteration: sample tasks, RK meta-gradient, Adam step. Returns ``train/*`` statistics.

@@ -1,4 +1,6 @@
-"""Shared test set-up: one torch thread per process (measured: two threads slow second-order MAML under load).
+"""Shared test set-up: one torch thread per process (measured: two threads slow second-order MAML under load), and
+no automatic ``torch.compile`` (``RKMETA_COMPILE=0``, inherited by the commands tests start): tens of seconds per
+compiled program would multiply the suite's time; ``tests/test_autocompile.py`` turns it back on where it tests it.
 
 Real Omniglot is found through ``$RKMETA_OMNIGLOT`` only (a folder holding ``images_background/`` and
 ``images_evaluation/``; ``.ci/run`` sets it when CI has a copy). Tests that need it skip when it is absent.
@@ -13,6 +15,8 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # the commands tests start: one thread each too
+os.environ.setdefault("RKMETA_COMPILE", "0")
 
 #: The real Omniglot dataset (read-only), from ``$RKMETA_OMNIGLOT``; empty when unset.
 OMNIGLOT_ROOT: str = os.environ.get("RKMETA_OMNIGLOT", "")

@@ -32,7 +32,9 @@ FIELD_HELP: dict[str, str] = {
     "log_interval": "iterations between log rows",
     "checkpoint_interval": "iterations between checkpoints",
     "time_budget_min": "stop cleanly (checkpoint, metrics.json) after this many minutes of training",
-    "threads": "torch intra-op threads per process",
+    "threads": ("torch intra-op threads per process (none: $OMP_NUM_THREADS if set, else under torchrun the "
+                "cores / processes on the node, else every core this process may use that other jobs leave idle "
+                "by the load average)"),
     "env": "task family: a built-in name, a registered id, or module:Id",
     "meta_batch_size": "tasks per meta-iteration",
     "fast_batch_size": "trajectories per task for each of D0 and D1",
@@ -52,7 +54,9 @@ FIELD_HELP: dict[str, str] = {
     "test_inner_steps": "inner steps scored at evaluation",
     "meta_lr": "Adam's learning rate",
     "path": "engine execution path: auto | vmap | loop",
-    "compile": "torch.compile the vectorised meta-gradient (falls back to eager with a warning)",
+    "compile": ("torch.compile the vectorised meta-gradient from the first iteration (--no-compile: never; none: "
+                "when it pays, float32 MLPs on the CPU after a few seconds); a failed compile falls back to eager "
+                "with a warning"),
     "eval_interval": "iterations between evaluations during training (0: never)",
     "eval_tasks": "tasks per evaluation during training",
     "final_eval_tasks": "tasks (episodes) of the final evaluation",

@@ -23,7 +23,7 @@ from ..data.fetch import DownloadError
 from ..distributed import DistInfo, destroy, init_distributed, split_batch
 from ..envs.protocol import TaskFamilyError
 from ..errors import CheckpointError, NonFiniteError, TrainingInterrupted
-from ..utils import set_threads
+from ..utils import default_threads, set_threads
 from .flags import in_flag_terms
 
 __all__ = ["Command", "run_command", "add_run_flags", "USER_ERRORS"]
@@ -94,7 +94,7 @@ def run_command(cmd: Command, argv: list[str] | None = None) -> dict[str, Any]:
     try:
         config = cmd.config(args)
         config.validate()
-        set_threads(1 if config.threads is None else config.threads)
+        set_threads(default_threads() if config.threads is None else config.threads)
         dist = init_distributed(config.device, timeout_s=args.dist_timeout)
     except USER_ERRORS as err:
         destroy()

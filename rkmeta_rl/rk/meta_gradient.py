@@ -41,6 +41,8 @@ import torch
 from torch.func import grad, grad_and_value, vmap
 from torch.utils._pytree import tree_map
 
+from . import autocompile
+from .autocompile import CompileMode
 from .inner_step import StepSizes, inner_step
 from .method_spec import AdaptSpec, MethodMap, MethodSpec, resolve_groups
 from .tableau import Tableau
@@ -305,25 +307,15 @@ def _vmap_fn(plan: _Plan, support_loss: LossFn, query_loss: LossFn, stats: bool,
     return batched
 
 
-# Compiled vectorised meta-gradients, keyed by everything that changes the traced program. The loss
-# functions are part of the key (kept alive by it), so a new closure compiles anew.
-_COMPILED: dict[tuple, Callable[[Params, Any], tuple[Params, dict[str, torch.Tensor]]]] = {}
-
-
 def _meta_gradient_vmap(plan: _Plan, params: Params, support_loss: LossFn, query_loss: LossFn, task_data: Any,
-                        stats: bool, chunk_size: int | None, compile: bool) -> tuple[Params, dict[str, torch.Tensor]]:
+                        stats: bool, chunk_size: int | None, compile: CompileMode
+                        ) -> tuple[Params, dict[str, torch.Tensor]]:
     theta = {k: v.detach() for k, v in params.items()}
-    if not compile:
-        g, st = _vmap_fn(plan, support_loss, query_loss, stats, chunk_size)(theta, task_data)
-    else:
-        key = (plan, support_loss, query_loss, stats, chunk_size)
-        fn = _COMPILED.get(key)
-        if fn is None:
-            # torch.compile turns the nested vmap/grad program into one fused kernel graph: measured 4-6x
-            # fewer seconds per meta-iteration for the sinusoid MLP on CPU, after a ~30 s first compile.
-            fn = torch.compile(_vmap_fn(plan, support_loss, query_loss, stats, chunk_size), dynamic=False)
-            _COMPILED[key] = fn
-        g, st = fn(theta, task_data)
+    # the compiled-program cache is keyed by everything that changes the traced program (the loss functions
+    # included, kept alive by the key, so a new closure is a new program): rkmeta_rl.rk.autocompile
+    key = (plan, support_loss, query_loss, stats, chunk_size)
+    g, st = autocompile.run(key, lambda: _vmap_fn(plan, support_loss, query_loss, stats, chunk_size),
+                            (theta, task_data), compile, theta, task_data)
     return g, {k: v.detach() for k, v in st.items()}
 
 
@@ -424,7 +416,7 @@ def meta_gradient(
     path: Path = "auto",
     stats: bool = True,
     chunk_size: int | None = None,
-    compile: bool = False,
+    compile: CompileMode = "auto",
 ) -> tuple[Params, dict[str, float]]:
     """The RK meta-gradient averaged over a batch of tasks.
 
@@ -449,9 +441,14 @@ def meta_gradient(
         chunk_size: optional vmap chunk size (memory bound on large meta-batches).
         adapt: the parameters the inner loop moves: a glob, a comma-separated string or a list of globs
             (default every parameter; ANIL is ``adapt="head.*"``); the others have ``alpha_l = 0``.
-        compile: run the vectorised path through ``torch.compile`` (cached per loss functions and settings;
-            the first call compiles for tens of seconds, later calls are several times faster). Ignored by
-            the loop path.
+        compile: ``"auto"`` (default): the vectorised path compiles itself with ``torch.compile`` once the same
+            loss functions, settings and shapes have run eagerly a few times for a few seconds (float32 MLPs on
+            the CPU; :mod:`rkmeta_rl.rk.autocompile` says when, and ``RKMETA_COMPILE=0`` turns it off).
+            ``True``: compile from the first call (tens of seconds, then several times faster per call);
+            ``False``: always eager. Compiled programs are cached per loss functions and settings; when
+            compiling fails a ``RuntimeWarning`` says why and the eager program answers. Compiled and eager
+            results agree to rounding, not bit for bit: pass ``False`` for bitwise-reproducible runs. Ignored
+            by the loop path.
 
     Returns:
         ``(grads, stats)``: ``grads`` is a dict like ``params`` with the mean meta-gradient (detached);
@@ -459,6 +456,7 @@ def meta_gradient(
         ``query_loss_post`` (means over tasks; post = after the method's inner adaptation) and ``num_tasks``.
     """
     plan = _validate(params, method, inner_lr, inner_steps, step_rule, task_data, first_order, adapt)
+    autocompile.check_mode(compile)
     n = _num_tasks(task_data)
     if plan.per_stage:
         task_data = tuple(task_data)  # a plain tuple, so that vmap and tree_map see the per-stage pytrees
