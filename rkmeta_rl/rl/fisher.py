@@ -59,10 +59,13 @@ class MLPCache:
         params: per-task parameters ``{name: [T, ...]}`` (detached).
         batch: the batch (``obs [T, N, obs_dim]``; its masks give the KL's masked-mean weights ``m / M``).
         reinforce: also cache the REINFORCE loss's cotangents (for its gradient and Hessian-vector product).
+        curvature: with ``reinforce``, also cache the network's curvature terms of that Hessian-vector product
+            (``tanh``: one ``[T, N, hidden]`` product per hidden layer); ``False`` when only the gradient is needed
+            (:meth:`reinforce_grad`, e.g. the line search's inner step).
     """
 
     def __init__(self, policy: GaussianMLPPolicy, params: Mapping[str, torch.Tensor], batch: FlatBatch,
-                 reinforce: bool) -> None:
+                 reinforce: bool, curvature: bool = True) -> None:
         self.num_layers = n = policy.num_layers
         self.ws = [params[f"w{i}"] for i in range(n)]
         bs = [params[f"b{i}"] for i in range(n)]
@@ -102,12 +105,13 @@ class MLPCache:
         self.cz2_sum = (self.c_s2inv * r * r).sum(1)                         # [T, A]
         # cotangents of the pre-activations at this point, and the network's curvature: with tanh,
         # act'' = -2 h act', so gh * act''(z) * dz = -2 (h * gh) * dh along a direction (dh = act'(z) dz)
+        self.curvature = curvature or not tanh  # ReLU has no curvature term (act'' = 0 almost everywhere)
         self.gz: list[torch.Tensor] = [g]  # gz[j] belongs to layer n-1-j
         self.hgh: list[torch.Tensor | None] = []
         gz = g
         for i in range(n - 1, 0, -1):
             gh = torch.bmm(gz, self.ws[i])
-            self.hgh.append(self.hs[i] * gh if tanh else None)
+            self.hgh.append(self.hs[i] * gh if tanh and curvature else None)
             gz = gh.mul_(self.dact[i - 1])
             self.gz.append(gz)
         self.gz.reverse()    # gz[i]: layer i
@@ -197,6 +201,9 @@ class MLPCache:
 
     def _hvp(self, v: Mapping[str, torch.Tensor]) -> Params:
         """``H v`` per task (the REINFORCE loss's Hessian at the cached point)."""
+        if not getattr(self, "curvature", False):
+            raise ValueError("MLPCache: the Hessian-vector product needs a cache built with reinforce=True, "
+                             "curvature=True")
         dmu, dhs = self.jvp(v)
         vls = v["log_std"].unsqueeze(1)                                       # [T, 1, A]
         rg = self.c_s2inv * dmu - 2.0 * self.g * vls                          # R{dL/dmu}
