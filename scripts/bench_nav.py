@@ -25,6 +25,7 @@ import time
 
 import torch
 
+from rkmeta_rl.common.allocator import retain_freed_memory
 from rkmeta_rl.rl.algorithm import REFERENCE_NAV_KWARGS, MetaTRPO
 
 
@@ -51,6 +52,7 @@ def main() -> None:
     p.add_argument("--method", default="midpoint")
     args = p.parse_args()
     torch.set_num_threads(1)
+    retain_freed_memory()  # as the training commands do
     models = {"default": make(args.method, 0.2, 0), "exact_fvp": make(args.method, 1.0, 0)}
     times: dict[str, list[dict[str, float]]] = {k: [] for k in models}
     rates: list[float] = []

@@ -435,7 +435,7 @@ class MetaTRPOStep:
                 else:
                     cur = inner_step(cur, ck.reinforce_grad(), self.alpha)
                 adapted.append(cur)
-            c1 = MLPCache(self.policy, cur, valid, reinforce=True)
+            c1 = MLPCache(self.policy, cur, valid, reinforce=True, curvature=False)  # no Hessian on D1
             mu1, ls1 = c1.mu, GaussianMLPPolicy._log_std(cur, c1.mu.dim() - 1)
             logp1 = gaussian_log_prob(mu1, ls1, valid.actions)
             j = j + self.a2 * surrogate_loss(logp1, logp1, valid).mean()
