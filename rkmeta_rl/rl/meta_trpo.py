@@ -23,6 +23,13 @@ Per-parameter methods and ``adapt=`` (:mod:`rkmeta_rl.rk.method_spec`): the inne
 All tasks are processed at once: shared parameters are expanded to per-task views ``[T, ...]``, the per-task
 inner gradients are the gradient of the sum of per-task losses w.r.t. those views, and every forward pass is one
 batched matmul per layer over ``[T, N, ...]`` (``N = H x B`` steps per task).
+
+Passes over the data per meta-update (one inner step, ``fvp_subsample = s``; F a forward pass, B the REINFORCE
+gradient's backward pass, HVP that loss's Hessian-vector product, GN a Gauss-Newton Fisher product; counts and
+measurements in docs/meta_rl.md, "What a meta-iteration costs"): the adaptation F+B on D0 (kept by :meth:`adapt`
+for :meth:`prepare`); the preparation F+B on D1 and one HVP on D0 (``J^T grad S1``), plus the Fisher caches on the
+subsample; conjugate gradient ``cg_iters`` Fisher-vector products of ``s (2 HVP + GN)`` each, the step scaling
+none (CG's own products); each line-search try F+B on D0 and F on D1, without autograd.
 """
 
 from __future__ import annotations
