@@ -112,8 +112,11 @@ def test_adapt_without_autograd_equals_autograd(adapt: str | None) -> None:
         ref = step.adapt(pol.params(), train, create_graph=True)
     for k in got:
         torch.testing.assert_close(got[k], ref[k].detach(), rtol=1e-12, atol=1e-14)
-    if adapt is not None:  # parameters outside adapt= do not move
+    if adapt is not None:  # parameters outside adapt= do not move, and are copies (not views of the policy's)
         torch.testing.assert_close(got["w0"], pol.params()["w0"].detach().expand_as(got["w0"]))
+        before = pol.params()["w0"].detach().clone()
+        got["w0"].add_(1.0)
+        assert torch.equal(pol.params()["w0"].detach(), before)
 
 
 # ---- the whole meta-update against a plain reference ------------------------------------------------------

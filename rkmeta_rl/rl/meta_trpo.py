@@ -225,7 +225,8 @@ class MetaTRPOStep:
         result), so that :meth:`prepare` at the same ``theta_old`` on the same D0 reuses it instead of making
         the same forward and backward pass again (:class:`_AdaptMemo`)."""
         shared = {k: v.detach() for k, v in params.items()}
-        cur = per_task(shared, train[0].num_tasks)
+        # copies, not views of params: a parameter the method does not adapt (alpha_l = 0) is returned as is
+        cur = {k: v.clone() for k, v in per_task(shared, train[0].num_tasks).items()}
         memo = None
         for k, batch in enumerate(train):
             cache = MLPCache(self.policy, cur, batch, reinforce=True)
