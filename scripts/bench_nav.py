@@ -10,7 +10,9 @@ interleaved iteration by iteration in one process: ``fvp_subsample=0.2`` (the ``
     python scripts/bench_nav.py [--iters 8] [--method midpoint]
 
 Last line: JSON with ``seconds_per_iteration`` (the default variant), ``seconds_per_iteration_exact_fvp``,
-``env_steps_per_second``, the sampling / update split and the arithmetic floor of the update.
+``env_steps_per_second``, the sampling / update split, the time of one forward pass of the dominant 64x64 layer
+over D0 and D1 at the measured matmul speed (``seconds_per_64x64_pass_over_d0_d1``), and every time in units of
+that pass (``passes_equivalent``: seconds per iteration / seconds per pass; a load on the core slows both).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 
 import torch
 
+from rkmeta_rl.common.allocator import retain_freed_memory
 from rkmeta_rl.rl.algorithm import REFERENCE_NAV_KWARGS, MetaTRPO
 
 
@@ -49,8 +52,10 @@ def main() -> None:
     p.add_argument("--method", default="midpoint")
     args = p.parse_args()
     torch.set_num_threads(1)
+    retain_freed_memory()  # as the training commands do
     models = {"default": make(args.method, 0.2, 0), "exact_fvp": make(args.method, 1.0, 0)}
     times: dict[str, list[dict[str, float]]] = {k: [] for k in models}
+    rates: list[float] = []
     for i in range(args.warmup + args.iters):
         for name, model in models.items():
             t = time.perf_counter()
@@ -59,12 +64,14 @@ def main() -> None:
             if i >= args.warmup:
                 times[name].append({"wall": wall, "sample": st["time/sample_seconds"],
                                     "update": st["time/update_seconds"]})
+        if i >= args.warmup:  # the calibration, interleaved with the iterations it normalises
+            rates.append(matmul_gflops())
         print(f"iteration {i + 1}: " + ", ".join(f"{k} {v[-1]['wall']:.2f}s" for k, v in times.items() if v),
               flush=True)
     med = {k: {f: statistics.median(x[f] for x in v) for f in ("wall", "sample", "update")} for k, v in times.items()}
     m = models["default"]
     steps = m.num_timesteps / m.num_iterations
-    gflops = matmul_gflops()
+    gflops = statistics.median(rates)
     # one forward of the dominant 64x64 layer over D0 + D1: the update needs dozens of these
     floor_pass = 2 * 2 * 20 * 20 * 100 * 64 * 64 / (gflops * 1e9)
     out = {
@@ -79,6 +86,11 @@ def main() -> None:
         "env_steps_per_second": round(steps / med["default"]["wall"], 1),
         "matmul_gflops_1_thread": round(gflops, 1),
         "seconds_per_64x64_pass_over_d0_d1": round(floor_pass, 4),
+        # hardware-normalised cost: the iteration in units of that pass (load on the core scales both)
+        "passes_equivalent": round(med["default"]["wall"] / floor_pass, 1),
+        "passes_equivalent_exact_fvp": round(med["exact_fvp"]["wall"] / floor_pass, 1),
+        "update_passes_equivalent": round(med["default"]["update"] / floor_pass, 1),
+        "sample_passes_equivalent": round(med["default"]["sample"] / floor_pass, 1),
         "reference_implementation_seconds_per_iteration": 4.7,
         "speedup_vs_reference": round(4.7 / med["default"]["wall"], 2),
         "torch": torch.__version__, "machine": platform.machine(),

@@ -51,6 +51,24 @@ def _bt(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2)
 
 
+def _weight_grad(g: torch.Tensor, h: torch.Tensor, g2: torch.Tensor | None = None, h2: torch.Tensor | None = None,
+                 scale: float = 1.0) -> torch.Tensor:
+    """Per-task weight gradient ``g^T h (+ scale g2^T h2)``: ``[T, out, in]`` from ``g [T, N, out]``, ``h [T, N, in]``.
+
+    A thin layer (``in < out``, e.g. the 2-wide input of 2D navigation) is computed as ``(h^T g)^T``: the same
+    sums, but batched matrix multiplication is then several times faster than with the long dimension ``N``
+    inside a ``[out, N] x [N, in]`` product of a narrow result."""
+    if h.shape[-1] < g.shape[-1]:
+        gw = torch.bmm(_bt(h), g)
+        if g2 is not None and h2 is not None:
+            gw.baddbmm_(_bt(h2), g2, alpha=scale)
+        return _bt(gw)
+    gw = torch.bmm(_bt(g), h)
+    if g2 is not None and h2 is not None:
+        gw.baddbmm_(_bt(g2), h2, alpha=scale)
+    return gw
+
+
 class MLPCache:
     """The mean network at fixed per-task parameters on one batch: layer inputs and activation derivatives.
 
@@ -59,10 +77,13 @@ class MLPCache:
         params: per-task parameters ``{name: [T, ...]}`` (detached).
         batch: the batch (``obs [T, N, obs_dim]``; its masks give the KL's masked-mean weights ``m / M``).
         reinforce: also cache the REINFORCE loss's cotangents (for its gradient and Hessian-vector product).
+        curvature: with ``reinforce``, also cache the network's curvature terms of that Hessian-vector product
+            (``tanh``: one ``[T, N, hidden]`` product per hidden layer); ``False`` when only the gradient is needed
+            (:meth:`reinforce_grad`, e.g. the line search's inner step).
     """
 
     def __init__(self, policy: GaussianMLPPolicy, params: Mapping[str, torch.Tensor], batch: FlatBatch,
-                 reinforce: bool) -> None:
+                 reinforce: bool, curvature: bool = True) -> None:
         self.num_layers = n = policy.num_layers
         self.ws = [params[f"w{i}"] for i in range(n)]
         bs = [params[f"b{i}"] for i in range(n)]
@@ -102,12 +123,13 @@ class MLPCache:
         self.cz2_sum = (self.c_s2inv * r * r).sum(1)                         # [T, A]
         # cotangents of the pre-activations at this point, and the network's curvature: with tanh,
         # act'' = -2 h act', so gh * act''(z) * dz = -2 (h * gh) * dh along a direction (dh = act'(z) dz)
+        self.curvature = curvature or not tanh  # ReLU has no curvature term (act'' = 0 almost everywhere)
         self.gz: list[torch.Tensor] = [g]  # gz[j] belongs to layer n-1-j
         self.hgh: list[torch.Tensor | None] = []
         gz = g
         for i in range(n - 1, 0, -1):
             gh = torch.bmm(gz, self.ws[i])
-            self.hgh.append(self.hs[i] * gh if tanh else None)
+            self.hgh.append(self.hs[i] * gh if tanh and curvature else None)
             gz = gh.mul_(self.dact[i - 1])
             self.gz.append(gz)
         self.gz.reverse()    # gz[i]: layer i
@@ -150,9 +172,10 @@ class MLPCache:
         """
         g = gout
         for i in range(self.num_layers - 1, -1, -1):
-            gw = torch.bmm(_bt(g), self.hs[i])
             if v is not None and i > 0:
-                gw.baddbmm_(_bt(self.gz[i]), dhs[i - 1], alpha=scale)
+                gw = _weight_grad(g, self.hs[i], self.gz[i], dhs[i - 1], scale)
+            else:
+                gw = _weight_grad(g, self.hs[i])
             out[f"w{i}"] = gw
             out[f"b{i}"] = g.sum(1)
             if i > 0:
@@ -170,7 +193,7 @@ class MLPCache:
         """The per-task gradient of the REINFORCE loss at the cached point (``reinforce=True``)."""
         out: Params = {}
         for i in range(self.num_layers):
-            out[f"w{i}"] = torch.bmm(_bt(self.gz[i]), self.hs[i])
+            out[f"w{i}"] = _weight_grad(self.gz[i], self.hs[i])
             out[f"b{i}"] = self.gz[i].sum(1)
         out["log_std"] = self.c_sum.unsqueeze(-1) - self.cz2_sum
         return out
@@ -197,6 +220,9 @@ class MLPCache:
 
     def _hvp(self, v: Mapping[str, torch.Tensor]) -> Params:
         """``H v`` per task (the REINFORCE loss's Hessian at the cached point)."""
+        if not getattr(self, "curvature", False):
+            raise ValueError("MLPCache: the Hessian-vector product needs a cache built with reinforce=True, "
+                             "curvature=True")
         dmu, dhs = self.jvp(v)
         vls = v["log_std"].unsqueeze(1)                                       # [T, 1, A]
         rg = self.c_s2inv * dmu - 2.0 * self.g * vls                          # R{dL/dmu}

@@ -23,6 +23,13 @@ Per-parameter methods and ``adapt=`` (:mod:`rkmeta_rl.rk.method_spec`): the inne
 All tasks are processed at once: shared parameters are expanded to per-task views ``[T, ...]``, the per-task
 inner gradients are the gradient of the sum of per-task losses w.r.t. those views, and every forward pass is one
 batched matmul per layer over ``[T, N, ...]`` (``N = H x B`` steps per task).
+
+Passes over the data per meta-update (one inner step, ``fvp_subsample = s``; F a forward pass, B the REINFORCE
+gradient's backward pass, HVP that loss's Hessian-vector product, GN a Gauss-Newton Fisher product; counts and
+measurements in docs/meta_rl.md, "What a meta-iteration costs"): the adaptation F+B on D0 (kept by :meth:`adapt`
+for :meth:`prepare`); the preparation F+B on D1 and one HVP on D0 (``J^T grad S1``), plus the Fisher caches on the
+subsample; conjugate gradient ``cg_iters`` Fisher-vector products of ``s (2 HVP + GN)`` each, the step scaling
+none (CG's own products); each line-search try F+B on D0 and F on D1, without autograd.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from ..rk import AdaptSpec, MethodMap, MethodSpec, Tableau, inner_step, method_n
 from ..rk.inner_step import StepSizes
 from .episodes import FlatBatch
 from .fisher import GaussNewtonFVP, MLPCache, supports_gauss_newton
-from .policy import GaussianMLPPolicy, Params, gaussian_kl, gaussian_log_prob, per_task
+from .policy import GaussianMLPPolicy, Params, gaussian_kl, gaussian_log_prob, is_per_task, per_task
 from .stage_weights import scale, scaled_point, stage_weights
 from .trpo import TRPOStats, flatten, trpo_update, unflatten
 
@@ -79,6 +86,25 @@ class _Old:
     ls1: torch.Tensor | None
     adapted: list[Params]  # theta'_1 .. theta'_n at theta_old (per task, detached)
     theta: Params          # theta_old (shared, detached)
+
+
+@dataclass
+class _AdaptMemo:
+    """The first inner step that :meth:`MetaTRPOStep.adapt` took from shared ``theta`` on ``batch``: its cache
+    (:class:`MLPCache`, ``reinforce=True``) and result, for :meth:`MetaTRPOStep.prepare` at the same point."""
+
+    theta: Params
+    batch: FlatBatch
+    cache: MLPCache
+    adapted: Params
+
+    def __post_init__(self) -> None:
+        self.version = self.batch_version(self.batch)
+
+    @staticmethod
+    def batch_version(batch: FlatBatch) -> tuple[int, ...]:
+        """The batch tensors' in-place modification counters (a changed batch is not reused)."""
+        return tuple(t._version for t in (batch.obs, batch.actions, batch.advantages, batch.masks))
 
 
 class MetaTRPOStep:
@@ -149,6 +175,7 @@ class MetaTRPOStep:
         #: per-parameter scales ``W1, W2`` of :mod:`rkmeta_rl.rl.stage_weights` (1.0 for one method everywhere)
         self.a1, self.a2 = self.weights.w
         self.scales = self.weights.scales
+        self._memo: _AdaptMemo | None = None
 
     @property
     def adapts(self) -> bool:
@@ -173,6 +200,8 @@ class MetaTRPOStep:
         """
         lr = self.alpha if alpha is None else (alpha if isinstance(alpha, Mapping) else float(alpha))
         n_tasks = train[0].num_tasks
+        if not create_graph and supports_gauss_newton(self.policy):
+            return self._adapt_direct(params, train, lr)
         if create_graph:
             cur = per_task(params, n_tasks)
         else:
@@ -187,6 +216,35 @@ class MetaTRPOStep:
             if not create_graph:
                 cur = {k: v.detach().requires_grad_(True) for k, v in cur.items()}
         return {k: v if create_graph else v.detach() for k, v in cur.items()}
+
+    def _adapt_direct(self, params: Mapping[str, torch.Tensor], train: Sequence[FlatBatch], lr: StepSizes
+                      ) -> Params:
+        """:meth:`adapt` without autograd (detached result): the REINFORCE gradients of :class:`MLPCache`.
+
+        The first step from shared parameters with the method's own step sizes is remembered (its cache and
+        result), so that :meth:`prepare` at the same ``theta_old`` on the same D0 reuses it instead of making
+        the same forward and backward pass again (:class:`_AdaptMemo`)."""
+        shared = {k: v.detach() for k, v in params.items()}
+        # copies, not views of params: a parameter the method does not adapt (alpha_l = 0) is returned as is
+        cur = {k: v.clone() for k, v in per_task(shared, train[0].num_tasks).items()}
+        memo = None
+        for k, batch in enumerate(train):
+            cache = MLPCache(self.policy, cur, batch, reinforce=True)
+            cur = inner_step(cur, cache.reinforce_grad(), lr)
+            if k == 0 and lr is self.alpha and not is_per_task(shared):
+                memo = _AdaptMemo({n: v.clone() for n, v in shared.items()}, batch, cache, cur)
+        if memo is not None:
+            self._memo = memo
+        return cur
+
+    def _take_memo(self, theta: Mapping[str, torch.Tensor], d0: FlatBatch) -> "_AdaptMemo | None":
+        """The remembered first inner step when it was taken at ``theta`` on ``d0`` (then forgotten)."""
+        memo, self._memo = self._memo, None
+        if memo is None or memo.batch is not d0 or memo.version != memo.batch_version(d0):
+            return None
+        if any(not torch.equal(memo.theta[k], theta[k]) for k in theta):
+            return None
+        return memo
 
     # ---- the RK-weighted objective ------------------------------------------------------------------
     def objective(self, theta: Mapping[str, torch.Tensor], train: Sequence[FlatBatch], valid: FlatBatch | None,
@@ -250,6 +308,43 @@ class MetaTRPOStep:
                     None if logp1 is None else logp1.detach(), None if mu1 is None else mu1.detach(),
                     None if ls1 is None else ls1.detach(), adapted, {k: v.detach() for k, v in theta.items()})
         return j, kl, here
+
+    def objective_direct(self, theta: Mapping[str, torch.Tensor], train: Sequence[FlatBatch],
+                         valid: FlatBatch | None, old: _Old) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(J, KL)`` at shared ``theta`` against ``old``, without autograd: :meth:`objective`'s values
+        (``create_graph=False``), from the same forward passes, with the inner steps' REINFORCE gradients written
+        out (:class:`MLPCache`) instead of taken by autograd. The line search's evaluation: per candidate one
+        forward and one backward pass over each inner-step batch and one forward pass over D1 (the D0 pass is
+        shared by the ``a1`` terms and the first inner step when ``W1 = W2``).
+
+        Only for :func:`~rkmeta_rl.rl.fisher.supports_gauss_newton` policies; ``theta`` detached.
+        """
+        d0 = train[0]
+        n_tasks = d0.num_tasks
+        sc1, sc2 = self.scales
+        theta_t = per_task(scaled_point(theta, old.theta, sc1), n_tasks)
+        j = torch.zeros((), dtype=old.mu0.dtype, device=old.mu0.device)
+        kl = torch.zeros((), dtype=old.mu0.dtype, device=old.mu0.device)
+        share = self.adapts and sc2 == sc1  # the first inner step starts from theta_1 on D0: one pass for both
+        c0 = MLPCache(self.policy, theta_t, d0, reinforce=True, curvature=False) if share else None
+        if self.a1 != 0.0:
+            mu0 = c0.mu if c0 is not None else self.policy.mean(theta_t, d0.obs)
+            ls0 = GaussianMLPPolicy._log_std(theta_t, mu0.dim() - 1)
+            j = j + self.a1 * surrogate_loss(gaussian_log_prob(mu0, ls0, d0.actions), old.logp0, d0).mean()
+            kl = kl + self.a1 * kl_to(old.mu0, old.ls0, mu0, ls0, d0).mean()
+        if self.adapts:
+            if valid is None:
+                raise ValueError(f"{self.method_name} adapts: valid episodes (D1) are required")
+            assert old.logp1 is not None and old.mu1 is not None and old.ls1 is not None
+            cur = theta_t if share else per_task(scaled_point(theta, old.theta, sc2), n_tasks)
+            for k, batch in enumerate(train):
+                ck = c0 if k == 0 and c0 is not None else MLPCache(self.policy, cur, batch, reinforce=True,
+                                                                   curvature=False)
+                cur = inner_step(cur, ck.reinforce_grad(), self.alpha)
+            mu1, ls1 = self.policy.mean_log_std(cur, valid.obs)
+            j = j + self.a2 * surrogate_loss(gaussian_log_prob(mu1, ls1, valid.actions), old.logp1, valid).mean()
+            kl = kl + self.a2 * kl_to(old.mu1, old.ls1, mu1, ls1, valid).mean()
+        return j, kl
 
     def subsampled_kl(self, theta: Mapping[str, torch.Tensor], train: Sequence[FlatBatch], valid: FlatBatch | None,
                       old: _Old, stride: int) -> torch.Tensor:
@@ -322,8 +417,9 @@ class MetaTRPOStep:
         """
         d0 = train[0]
         n_tasks = d0.num_tasks
+        memo = self._take_memo(theta, d0)
         theta_t = per_task(theta, n_tasks)
-        c0 = MLPCache(self.policy, theta_t, d0, reinforce=True)
+        c0 = memo.cache if memo is not None else MLPCache(self.policy, theta_t, d0, reinforce=True)
         mu0, ls0 = c0.mu, GaussianMLPPolicy._log_std(theta_t, c0.mu.dim() - 1)
         logp0 = gaussian_log_prob(mu0, ls0, d0.actions)
         j = torch.zeros((), dtype=mu0.dtype, device=mu0.device)
@@ -342,10 +438,12 @@ class MetaTRPOStep:
             for k, batch in enumerate(train):
                 ck = c0 if k == 0 else MLPCache(self.policy, cur, batch, reinforce=True)
                 inner.append(ck)
-                gk = ck.reinforce_grad()
-                cur = inner_step(cur, gk, self.alpha)
+                if k == 0 and memo is not None:  # the same pass and step as :meth:`adapt`'s: reuse them
+                    cur = memo.adapted
+                else:
+                    cur = inner_step(cur, ck.reinforce_grad(), self.alpha)
                 adapted.append(cur)
-            c1 = MLPCache(self.policy, cur, valid, reinforce=True)
+            c1 = MLPCache(self.policy, cur, valid, reinforce=True, curvature=False)  # no Hessian on D1
             mu1, ls1 = c1.mu, GaussianMLPPolicy._log_std(cur, c1.mu.dim() - 1)
             logp1 = gaussian_log_prob(mu1, ls1, valid.actions)
             j = j + self.a2 * surrogate_loss(logp1, logp1, valid).mean()
@@ -415,10 +513,16 @@ class MetaTRPOStep:
                     fv = reduce([fv])[0]
                 return fv + self.cg_damping * v
 
+        direct = self.fvp_mode == "gauss_newton" and supports_gauss_newton(self.policy)
+
         def evaluate(flat: torch.Tensor) -> tuple[float, float]:
-            cand = {k: v.detach().requires_grad_(True) for k, v in unflatten(flat, theta).items()}
-            with torch.enable_grad():
-                j_new, kl_new, _ = self.objective(cand, train, valid, old, create_graph=False)
+            if direct:
+                with torch.no_grad():
+                    j_new, kl_new = self.objective_direct(unflatten(flat.detach(), theta), train, valid, old)
+            else:
+                cand = {k: v.detach().requires_grad_(True) for k, v in unflatten(flat, theta).items()}
+                with torch.enable_grad():
+                    j_new, kl_new, _ = self.objective(cand, train, valid, old, create_graph=False)
             if reduce is not None:
                 j_new, kl_new = reduce([torch.stack([j_new.detach(), kl_new.detach()]).double()])[0].tolist()
                 return float(j_new), float(kl_new)

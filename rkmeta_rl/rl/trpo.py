@@ -17,7 +17,8 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-__all__ = ["conjugate_gradient", "trpo_update", "TRPOStats", "flatten", "unflatten"]
+__all__ = ["conjugate_gradient", "conjugate_gradient_product", "trpo_update", "TRPOStats", "flatten",
+           "unflatten"]
 
 
 def flatten(tensors: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]) -> torch.Tensor:
@@ -40,6 +41,13 @@ def unflatten(vector: torch.Tensor, like: Mapping[str, torch.Tensor]) -> dict[st
 
 def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int = 10,
                        residual_tol: float = 1e-10) -> tuple[torch.Tensor, float]:
+    """Solve ``A x = b``; see :func:`conjugate_gradient_product` (which also returns ``A x``)."""
+    x, res, _ = conjugate_gradient_product(matvec, b, iters, residual_tol)
+    return x, res
+
+
+def conjugate_gradient_product(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int = 10,
+                               residual_tol: float = 1e-10) -> tuple[torch.Tensor, float, torch.Tensor]:
     """Solve ``A x = b`` for symmetric positive-definite ``A`` given only ``x -> A x``.
 
     Starts from ``x = 0`` (as Schulman's ``modular_rl`` and the MAML-RL reference). Not
@@ -53,9 +61,12 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
         residual_tol: stop when ``||r||^2`` falls below it.
 
     Returns:
-        ``(x [n], ||b - A x||)`` with the residual norm tracked by the CG recurrence.
+        ``(x [n], ||b - A x||, A x [n])`` with the residual norm tracked by the CG recurrence, and
+        ``A x = sum_k alpha_k A p_k`` accumulated from the products CG makes anyway (``x = sum_k alpha_k p_k``, and
+        ``A`` is linear), so TRPO's step scaling ``x^T A x`` needs no further matrix-vector product.
     """
     x = torch.zeros_like(b)
+    ax = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
     rr = torch.dot(r, r)
@@ -65,11 +76,12 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
         ap = matvec(p)
         alpha = rr / torch.dot(p, ap)
         x = x + alpha * p
+        ax = ax + alpha * ap
         r = r - alpha * ap
         rr_new = torch.dot(r, r)
         p = r + (rr_new / rr) * p
         rr = rr_new
-    return x, float(rr.sqrt().item())
+    return x, float(rr.sqrt().item()), ax
 
 
 @dataclass
@@ -125,8 +137,9 @@ def trpo_update(
     Returns:
         ``(theta_new, stats)``; ``theta_new`` is ``theta`` (a copy) when no step is accepted.
     """
-    step_dir, residual = conjugate_gradient(fvp, grad, cg_iters)
-    shs = 0.5 * torch.dot(step_dir, fvp(step_dir))
+    # s^T F s from CG's own products (F step_dir = sum_k alpha_k F p_k): no extra Fisher-vector product
+    step_dir, residual, f_step = conjugate_gradient_product(fvp, grad, cg_iters)
+    shs = 0.5 * torch.dot(step_dir, f_step)
     grad_norm = float(grad.norm().item())
     if not bool(torch.isfinite(shs)) or shs.item() <= 0.0 or not bool(torch.isfinite(step_dir).all()):
         return theta.clone(), TRPOStats(loss_before, loss_before, 0.0, 0.0, 0, False, 0.0, residual, grad_norm)
