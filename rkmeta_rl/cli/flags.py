@@ -50,7 +50,7 @@ FIELD_HELP: dict[str, str] = {
     "policy_kwargs": "policy settings (see --hidden-sizes, --activation)",
     "test_inner_steps": "inner steps scored at evaluation",
     "meta_lr": "Adam's learning rate",
-    "path": "engine execution path: auto | vmap | loop",
+    "path": "engine execution path: auto | vmap | loop | batched",
     "compile": "torch.compile the vectorised meta-gradient (falls back to eager with a warning)",
     "eval_interval": "iterations between evaluations during training (0: never)",
     "eval_tasks": "tasks per evaluation during training",
@@ -72,7 +72,7 @@ RENAMED: dict[str, str] = {"time_budget_min": "--time-budget", "final_eval_tasks
                            "eval_tasks": "--val-tasks"}
 
 #: Choices of string fields.
-CHOICES: dict[str, tuple[str, ...]] = {"step_rule": ("tableau", "fixed"), "path": ("auto", "vmap", "loop"),
+CHOICES: dict[str, tuple[str, ...]] = {"step_rule": ("tableau", "fixed"), "path": ("auto", "vmap", "loop", "batched"),
                                        "pool": ("stride", "max"), "dataset": ("omniglot", "miniimagenet"),
                                        "sampler": ("auto", "twin", "batched", "gym")}
 

@@ -23,7 +23,11 @@ Two paths:
 * ``"loop"``: a plain per-task loop with ``torch.autograd.grad(create_graph=True)``: the reference path,
   and the faster one for convolutional nets on CPU (vmap turns per-task convolutions into grouped ones).
 
-``path="auto"`` takes ``"loop"`` when a parameter is a convolution kernel (ndim >= 4) and ``"vmap"`` otherwise.
+* ``"batched"``: all tasks in one autograd graph over per-task parameter copies, for losses that carry a
+  task-batched form (:mod:`rkmeta_rl.rk.batched`; the bundled conv4's do): the fastest for conv nets.
+
+``path="auto"`` takes ``"vmap"`` without convolution kernels, ``"batched"`` for conv nets whose losses have a
+task-batched form and ``"loop"`` for other conv nets (:func:`choose_path`, with the measured figures).
 
 Caution (functorch issue 534): PyTorch's fused batch-norm / layer-norm backward has been reported to give
 wrong second-order gradients under ``vmap`` (0.2-15 % off). On torch 2.13 CPU we measured ``F.batch_norm``
@@ -41,6 +45,7 @@ import torch
 from torch.func import grad, grad_and_value, vmap
 from torch.utils._pytree import tree_map
 
+from .batched import has_batched, meta_gradient_batched
 from .inner_step import StepSizes, inner_step
 from .method_spec import AdaptSpec, MethodMap, MethodSpec, resolve_groups
 from .tableau import Tableau
@@ -49,7 +54,7 @@ __all__ = ["PerStage", "meta_gradient", "adapt", "choose_path", "Params", "LossF
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[Mapping[str, torch.Tensor], Any], torch.Tensor]
-Path = Literal["auto", "vmap", "loop"]
+Path = Literal["auto", "vmap", "loop", "batched"]
 
 
 class PerStage(tuple):
@@ -104,14 +109,26 @@ class _Plan:
     per_stage: bool = False
 
 
-def choose_path(params: Mapping[str, torch.Tensor]) -> Literal["vmap", "loop"]:
-    """The execution path ``path="auto"`` takes for these parameters.
+def choose_path(params: Mapping[str, torch.Tensor], support_loss: Any = None, query_loss: Any = None
+                ) -> Literal["vmap", "loop", "batched"]:
+    """The execution path ``path="auto"`` takes for these parameters (and losses, when given).
 
-    Measured on a 2-core CPU (``scripts/bench_meta_gradient.py``, ``scripts/bench_fewshot.py``): vmap is
-    several times faster than the loop for MLPs but about 2x slower for conv nets, whose per-task
-    convolutions vmap turns into grouped convolutions.
+    * no convolution kernel (no parameter with ndim >= 4): ``"vmap"``, several times faster than the loop for
+      MLPs (``scripts/bench_meta_gradient.py``);
+    * convolution kernels and losses with a task-batched form (:class:`rkmeta_rl.rk.TaskBatchedLoss`, as the
+      bundled conv4's): ``"batched"`` (:mod:`rkmeta_rl.rk.batched`);
+    * convolution kernels otherwise: ``"loop"`` (vmap turns per-task convolutions into grouped ones, slower on
+      CPU).
+
+    Measured with ``scripts/bench_fewshot.py`` (Omniglot 5-way 1-shot conv4, meta-batch 32, second order,
+    alpha 0.4, one torch thread, paths interleaved in one process on a shared 2-core AMD EPYC):
+    BENCH_FIGURES
     """
-    return "loop" if any(p.dim() >= 4 for p in params.values()) else "vmap"
+    if not any(p.dim() >= 4 for p in params.values()):
+        return "vmap"
+    if support_loss is not None and query_loss is not None and has_batched(support_loss, query_loss):
+        return "batched"
+    return "loop"
 
 
 def _scaled(mask: _PerParam, c: float) -> StepSizes:
@@ -444,7 +461,8 @@ def meta_gradient(
         inner_steps: inner gradient steps (two-stage methods; each step on the support data).
         step_rule: ``"tableau"`` (the paper's Algorithm 2) or ``"fixed"``.
         first_order: drop the second-order terms (FOMAML-style): adaptation directions are constants.
-        path: ``"vmap"``, ``"loop"`` or ``"auto"`` (see :func:`choose_path`).
+        path: ``"vmap"``, ``"loop"``, ``"batched"`` (losses with a task-batched form,
+            :mod:`rkmeta_rl.rk.batched`) or ``"auto"`` (see :func:`choose_path`).
         stats: also compute forward-only diagnostics (query loss before, losses after adaptation).
         chunk_size: optional vmap chunk size (memory bound on large meta-batches).
         adapt: the parameters the inner loop moves: a glob, a comma-separated string or a list of globs
@@ -462,14 +480,19 @@ def meta_gradient(
     n = _num_tasks(task_data)
     if plan.per_stage:
         task_data = tuple(task_data)  # a plain tuple, so that vmap and tree_map see the per-stage pytrees
-    chosen = choose_path(params) if path == "auto" else path
-    if chosen == "vmap":
+    chosen = choose_path(params, support_loss, query_loss) if path == "auto" else path
+    if chosen == "batched" and not has_batched(support_loss, query_loss):
+        raise ValueError("path='batched' needs losses with a task-batched form (rkmeta_rl.rk.TaskBatchedLoss); "
+                         f"got {type(support_loss).__name__} and {type(query_loss).__name__}")
+    if chosen == "batched":
+        grads, st = meta_gradient_batched(plan, dict(params), support_loss, query_loss, task_data, n, stats)
+    elif chosen == "vmap":
         grads, st = _meta_gradient_vmap(plan, dict(params), support_loss, query_loss, task_data, stats, chunk_size,
                                         compile)
     elif chosen == "loop":
         grads, st = _meta_gradient_loop(plan, dict(params), support_loss, query_loss, task_data, n, stats)
     else:
-        raise ValueError(f"path must be 'auto', 'vmap' or 'loop', got {path!r}")
+        raise ValueError(f"path must be 'auto', 'vmap', 'loop' or 'batched', got {path!r}")
     out = {f"{k.split('_')[0]}_loss_{k.split('_')[1]}": float(v.mean()) for k, v in st.items()}
     out["num_tasks"] = float(n)
     return grads, out
