@@ -12,7 +12,8 @@ seconds (the latter less disturbed by other processes on a shared machine).
     python scripts/bench_fewshot.py [--data-root DIR] [--random-images] [--queries 1] [--iters 6]
 
 Last line: JSON with ``{path}_s_per_iter`` (median wall seconds) and ``{path}_cpu_s_per_iter`` for each path,
-``chosen`` (``rkmeta_rl.rk.choose_path(params, support_loss, query_loss)``, what ``path="auto"`` takes),
+``chosen`` (``rkmeta_rl.rk.choose_path(params, support_loss, query_loss, batch)``, what ``path="auto"``
+takes),
 ``chosen_speedup_vs_loop`` (loop median over the chosen path's median, wall) and ``chosen_is_fastest``.
 """
 
@@ -109,7 +110,7 @@ def main() -> None:
 
     med = {path: statistics.median(times[path]) for path in paths}
     med_cpu = {path: statistics.median(cpu[path]) for path in paths}
-    chosen = choose_path(init, support_loss, query_loss)
+    chosen = choose_path(init, support_loss, query_loss, data[0])
     result: dict[str, object] = {}
     for path in paths:
         result[f"{path}_s_per_iter"] = round(med[path], 4)

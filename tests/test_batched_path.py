@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from rkmeta_rl.rk import PerStage, TaskBatchedLoss, choose_path, has_batched, meta_gradient
+from rkmeta_rl.rk.batched import task_elements
+from rkmeta_rl.rk.meta_gradient import BATCHED_MAX_TASK_ELEMENTS
 from rkmeta_rl.supervised.conv4 import batch_norm, conv4_forward, conv4_losses, init_conv4
 from rkmeta_rl.supervised.conv4_tasks import conv4_forward_tasks, task_batch_norm, task_conv2d
 
@@ -139,19 +141,32 @@ def test_batched_path_equals_loop_path_with_per_stage_data() -> None:
     _assert_same(ref, got)
 
 
-def test_auto_takes_batched_for_the_conv4_and_checks_the_losses() -> None:
+def test_auto_takes_batched_for_small_conv4_tasks_and_checks_the_losses() -> None:
     params, data = _conv_problem(tasks=2)
     losses = conv4_losses("stride")
-    assert has_batched(*losses) and choose_path(params, *losses) == "batched"
-    assert choose_path(params) == "loop"  # losses unknown
+    assert task_elements(data) == 3 * 400 + 3 + 6 * 400 + 6 <= BATCHED_MAX_TASK_ELEMENTS
+    assert has_batched(*losses) and choose_path(params, *losses, data) == "batched"
+    assert choose_path(params, *losses) == "loop"  # task sizes unknown
+    # Omniglot 5-way 1-shot with 3 queries per class: past the measured crossover, the loop
+    big = {"xs": torch.zeros(2, 5, 1, 28, 28), "ys": torch.zeros(2, 5), "xq": torch.zeros(2, 15, 1, 28, 28),
+           "yq": torch.zeros(2, 15)}
+    assert task_elements(big) == 20 * 784 + 20 and choose_path(params, *losses, big) == "loop"
     plain = conv4_losses("stride", norm="fused")  # no batched form
-    assert not has_batched(*plain) and choose_path(params, *plain) == "loop"
+    assert not has_batched(*plain) and choose_path(params, *plain, data) == "loop"
     mlp = {"w": torch.zeros(3, 2), "b": torch.zeros(3)}
-    assert choose_path(mlp, *losses) == "vmap"
+    assert choose_path(mlp, *losses, data) == "vmap"
     _assert_same(meta_gradient(params, *losses, data, "midpoint", 0.4),
                  meta_gradient(params, *losses, data, "midpoint", 0.4, path="batched"))
     with pytest.raises(ValueError, match="path='batched' needs losses with a task-batched form"):
         meta_gradient(params, *plain, data, "midpoint", 0.4, path="batched")
+
+
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_chunks_give_the_same_meta_gradient(chunk: int) -> None:
+    params, data = _conv_problem(tasks=3)
+    losses = conv4_losses("stride")
+    _assert_same(meta_gradient(params, *losses, data, "heun", 0.4, path="loop"),
+                 meta_gradient(params, *losses, data, "heun", 0.4, path="batched", chunk_size=chunk))
 
 
 def test_task_batched_loss_is_the_per_task_loss_on_the_other_paths() -> None:

@@ -45,12 +45,12 @@ import torch
 from torch.func import grad, grad_and_value, vmap
 from torch.utils._pytree import tree_map
 
-from .batched import has_batched, meta_gradient_batched
+from .batched import has_batched, meta_gradient_batched, task_elements
 from .inner_step import StepSizes, inner_step
 from .method_spec import AdaptSpec, MethodMap, MethodSpec, resolve_groups
 from .tableau import Tableau
 
-__all__ = ["PerStage", "meta_gradient", "adapt", "choose_path", "Params", "LossFn"]
+__all__ = ["PerStage", "meta_gradient", "adapt", "choose_path", "Params", "LossFn", "BATCHED_MAX_TASK_ELEMENTS"]
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[Mapping[str, torch.Tensor], Any], torch.Tensor]
@@ -109,24 +109,35 @@ class _Plan:
     per_stage: bool = False
 
 
-def choose_path(params: Mapping[str, torch.Tensor], support_loss: Any = None, query_loss: Any = None
-                ) -> Literal["vmap", "loop", "batched"]:
-    """The execution path ``path="auto"`` takes for these parameters (and losses, when given).
+#: Task-data elements per task up to which ``path="auto"`` takes the batched path for conv nets (see
+#: :func:`choose_path`): Omniglot 5-way 1-shot holds 7,850 with 1 query per class and 15,700 with 3.
+BATCHED_MAX_TASK_ELEMENTS = 12_000
+
+
+def choose_path(params: Mapping[str, torch.Tensor], support_loss: Any = None, query_loss: Any = None,
+                task_data: Any = None) -> Literal["vmap", "loop", "batched"]:
+    """The execution path ``path="auto"`` takes for these parameters (and losses and task data, when given).
 
     * no convolution kernel (no parameter with ndim >= 4): ``"vmap"``, several times faster than the loop for
       MLPs (``scripts/bench_meta_gradient.py``);
-    * convolution kernels and losses with a task-batched form (:class:`rkmeta_rl.rk.TaskBatchedLoss`, as the
-      bundled conv4's): ``"batched"`` (:mod:`rkmeta_rl.rk.batched`);
-    * convolution kernels otherwise: ``"loop"`` (vmap turns per-task convolutions into grouped ones, slower on
-      CPU).
+    * convolution kernels, losses with a task-batched form (:class:`rkmeta_rl.rk.TaskBatchedLoss`, as the
+      bundled conv4's) and small tasks (at most ``BATCHED_MAX_TASK_ELEMENTS`` elements of task data per task,
+      :func:`rkmeta_rl.rk.batched.task_elements`): ``"batched"`` (:mod:`rkmeta_rl.rk.batched`);
+    * other convolutional settings: ``"loop"`` (vmap turns per-task convolutions into grouped ones, slower).
 
     Measured with ``scripts/bench_fewshot.py`` (Omniglot 5-way 1-shot conv4, meta-batch 32, second order,
-    alpha 0.4, one torch thread, paths interleaved in one process on a shared 2-core AMD EPYC):
+    alpha 0.4, one torch thread, the paths interleaved in one process, on a shared 2-core AMD EPYC with a load
+    average of 4-6; seconds per meta-iteration, wall / process CPU):
     BENCH_FIGURES
+    The batched path's gain is in the kernels (one ``bmm`` per layer and stage for all tasks, instead of 32 small
+    convolutions); with larger query sets the per-task convolutions are large enough to be efficient and the
+    batched path's im2col matrices and elementwise passes over ~1e8-byte activations cost more than they save,
+    hence the size rule.
     """
     if not any(p.dim() >= 4 for p in params.values()):
         return "vmap"
-    if support_loss is not None and query_loss is not None and has_batched(support_loss, query_loss):
+    if (support_loss is not None and query_loss is not None and task_data is not None
+            and has_batched(support_loss, query_loss) and task_elements(task_data) <= BATCHED_MAX_TASK_ELEMENTS):
         return "batched"
     return "loop"
 
@@ -464,7 +475,8 @@ def meta_gradient(
         path: ``"vmap"``, ``"loop"``, ``"batched"`` (losses with a task-batched form,
             :mod:`rkmeta_rl.rk.batched`) or ``"auto"`` (see :func:`choose_path`).
         stats: also compute forward-only diagnostics (query loss before, losses after adaptation).
-        chunk_size: optional vmap chunk size (memory bound on large meta-batches).
+        chunk_size: optional vmap chunk size (memory bound on large meta-batches); on the batched path the tasks
+            per autograd graph (default all tasks in one graph, the fastest measured).
         adapt: the parameters the inner loop moves: a glob, a comma-separated string or a list of globs
             (default every parameter; ANIL is ``adapt="head.*"``); the others have ``alpha_l = 0``.
         compile: run the vectorised path through ``torch.compile`` (cached per loss functions and settings;
@@ -480,12 +492,13 @@ def meta_gradient(
     n = _num_tasks(task_data)
     if plan.per_stage:
         task_data = tuple(task_data)  # a plain tuple, so that vmap and tree_map see the per-stage pytrees
-    chosen = choose_path(params, support_loss, query_loss) if path == "auto" else path
+    chosen = choose_path(params, support_loss, query_loss, task_data) if path == "auto" else path
     if chosen == "batched" and not has_batched(support_loss, query_loss):
         raise ValueError("path='batched' needs losses with a task-batched form (rkmeta_rl.rk.TaskBatchedLoss); "
                          f"got {type(support_loss).__name__} and {type(query_loss).__name__}")
     if chosen == "batched":
-        grads, st = meta_gradient_batched(plan, dict(params), support_loss, query_loss, task_data, n, stats)
+        grads, st = meta_gradient_batched(plan, dict(params), support_loss, query_loss, task_data, n, stats,
+                                          chunk_size)
     elif chosen == "vmap":
         grads, st = _meta_gradient_vmap(plan, dict(params), support_loss, query_loss, task_data, stats, chunk_size,
                                         compile)
