@@ -17,17 +17,19 @@ group ``l`` adapts with its own ``alpha_l`` (0 for groups left out, :mod:`rkmeta
 one inner step :func:`rkmeta_rl.rk.inner_step`, and ``g_l = a1_l k1_l + a2_l k2_l`` with ``k2`` differentiated
 through every group's step. One method everywhere runs exactly the uniform program (one float per setting).
 
-Two paths:
+Three paths:
 
 * ``"vmap"``: one ``torch.func.vmap`` over tasks of a nested ``torch.func.grad``: fastest for MLPs.
 * ``"loop"``: a plain per-task loop with ``torch.autograd.grad(create_graph=True)``: the reference path,
-  and the faster one for convolutional nets on CPU (vmap turns per-task convolutions into grouped ones).
-
+  and the faster one for convolutional nets on CPU with large tasks (vmap turns per-task convolutions into
+  grouped ones).
 * ``"batched"``: all tasks in one autograd graph over per-task parameter copies, for losses that carry a
-  task-batched form (:mod:`rkmeta_rl.rk.batched`; the bundled conv4's do): the fastest for conv nets.
+  task-batched form (:mod:`rkmeta_rl.rk.batched`; the bundled conv4's do): the fastest for conv nets with
+  small tasks (Omniglot 1-shot with 1 query per class).
 
 ``path="auto"`` takes ``"vmap"`` without convolution kernels, ``"batched"`` for conv nets whose losses have a
-task-batched form and ``"loop"`` for other conv nets (:func:`choose_path`, with the measured figures).
+task-batched form and whose tasks are small, ``"loop"`` for other conv nets (:func:`choose_path`, with the
+measured figures).
 
 Caution (functorch issue 534): PyTorch's fused batch-norm / layer-norm backward has been reported to give
 wrong second-order gradients under ``vmap`` (0.2-15 % off). On torch 2.13 CPU we measured ``F.batch_norm``
