@@ -178,3 +178,19 @@ def test_task_batched_loss_is_the_per_task_loss_on_the_other_paths() -> None:
     assert torch.equal(sl(params, task), sl.per_task(params, task))
     _assert_same(meta_gradient(params, sl, ql, data, "midpoint", 0.4, path="vmap"),
                  meta_gradient(params, sl, ql, data, "midpoint", 0.4, path="batched"))
+
+
+def test_adaptation_scoring_accepts_the_batched_setting() -> None:
+    """A trainer's ``path="batched"`` also reaches evaluation, which adapts per task: there it runs as auto."""
+    from rkmeta_rl.rk import adapt_and_score
+    from rkmeta_rl.supervised.conv4 import accuracy
+
+    params, data = _conv_problem(tasks=2)
+    sl, _ = conv4_losses("stride")
+
+    def metric(p: dict, d: dict) -> dict:
+        return {"acc": accuracy(conv4_forward(p, d["xq"]), d["yq"])}
+
+    a = adapt_and_score(params, sl, metric, data, 0.4, 2, path="batched")
+    b = adapt_and_score(params, sl, metric, data, 0.4, 2, path="auto")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) and a["acc"].shape == (2, 3)
