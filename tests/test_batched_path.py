@@ -167,6 +167,8 @@ def test_chunks_give_the_same_meta_gradient(chunk: int) -> None:
     losses = conv4_losses("stride")
     _assert_same(meta_gradient(params, *losses, data, "heun", 0.4, path="loop"),
                  meta_gradient(params, *losses, data, "heun", 0.4, path="batched", chunk_size=chunk))
+    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
+        meta_gradient(params, *losses, data, "heun", 0.4, path="batched", chunk_size=0)
 
 
 def test_task_batched_loss_is_the_per_task_loss_on_the_other_paths() -> None:

@@ -86,7 +86,9 @@ def meta_gradient_batched(plan: _Plan, params: Params, support_loss: Any, query_
     Returns:
         ``({name: mean over tasks of g_task}, {"support_pre": [T], ...})`` like the loop path.
     """
-    chunk = n_tasks if chunk_size is None else int(chunk_size)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be an integer >= 1 or None, got {chunk_size!r}")
+    chunk = n_tasks if chunk_size is None else chunk_size
     if chunk >= n_tasks:
         return _batched_chunk(plan, params, support_loss, query_loss, task_data, n_tasks, stats)
     total: Params | None = None
