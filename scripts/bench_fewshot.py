@@ -1,22 +1,27 @@
 #!/usr/bin/env python
-"""Benchmark: seconds per second-order meta-iteration on Omniglot 5-way 1-shot, vmap path vs loop path.
+"""Benchmark: seconds per second-order meta-iteration on Omniglot 5-way 1-shot: loop, vmap and batched paths.
 
 One meta-iteration = the second-order RK meta-gradient (midpoint = MAML, Finn et al., 2017; one inner step,
-alpha 0.4) over a meta-batch of 32 tasks of 5-way 1-shot with 15 queries per class, on the strided conv4 with
-64 filters (docs/protocols.md), plus an Adam step. Task sampling is outside the timed region; both paths see
-the same batches. The paths alternate iteration by iteration (order flipped every iteration) in one process
-with one torch thread, after a few warm-up iterations each; the median is reported.
+alpha 0.4) over a meta-batch of 32 tasks of 5-way 1-shot with ``--queries`` query images per class (1: the
+original MAML code's Omniglot training; 15 by default), on the strided conv4 with 64 filters
+(docs/protocols.md), plus an Adam step. Task sampling is outside the timed region; every path sees the same
+batches. The paths alternate iteration by iteration (order reversed every iteration) in one process with one
+torch thread, after a few warm-up iterations each; the median is reported, in wall-clock and in process CPU
+seconds (the latter less disturbed by other processes on a shared machine).
 
-    python scripts/bench_fewshot.py [--data-root DIR] [--random-images] [--iters 6]
+    python scripts/bench_fewshot.py [--data-root DIR] [--random-images] [--queries 1] [--iters 6]
 
-Last line: JSON with ``loop_s_per_iter``, ``vectorized_s_per_iter`` (medians), ``chosen``
-(``rkmeta_rl.rk.choose_path(params)``, what ``path="auto"`` takes) and ``chosen_is_faster``.
+Last line: JSON with ``{path}_s_per_iter`` (median wall seconds) and ``{path}_cpu_s_per_iter`` for each path,
+``chosen`` (``rkmeta_rl.rk.choose_path(params, support_loss, query_loss, batch)``, what ``path="auto"``
+takes),
+``chosen_speedup_vs_loop`` (loop median over the chosen path's median, wall) and ``chosen_is_fastest``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -31,7 +36,7 @@ from rkmeta_rl.supervised.conv4 import conv4_losses, init_conv4
 from rkmeta_rl.supervised.episodes import EpisodeSampler, TaskBatch
 from rkmeta_rl.supervised.omniglot import load_omniglot, omniglot_splits
 
-PATHS = ("loop", "vmap")
+PATHS = ("loop", "vmap", "batched")
 
 
 def batches(args: argparse.Namespace, n: int) -> list[TaskBatch]:
@@ -69,49 +74,67 @@ def main() -> None:
     p.add_argument("--filters", type=int, default=64)
     p.add_argument("--inner-lr", type=float, default=0.4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
     args = p.parse_args()
+    paths = tuple(args.paths.split(","))
+    bad = [x for x in paths if x not in PATHS]
+    if bad or not paths:
+        p.error(f"--paths: unknown path(s) {bad} (choose from {', '.join(PATHS)})")
     torch.set_num_threads(1)
 
+    load_start = os.getloadavg()[0]
     data = batches(args, args.warmup + args.iters)
     init = init_conv4(1, args.ways, filters=args.filters, pool="stride", image_size=28,
                       generator=torch.Generator().manual_seed(args.seed))
     support_loss, query_loss = conv4_losses("stride")
-    params = {path: {k: v.clone().requires_grad_(True) for k, v in init.items()} for path in PATHS}
-    optims = {path: torch.optim.Adam(params[path].values(), lr=1e-3) for path in PATHS}
-    times: dict[str, list[float]] = {path: [] for path in PATHS}
+    params = {path: {k: v.clone().requires_grad_(True) for k, v in init.items()} for path in paths}
+    optims = {path: torch.optim.Adam(params[path].values(), lr=1e-3) for path in paths}
+    times: dict[str, list[float]] = {path: [] for path in paths}
+    cpu: dict[str, list[float]] = {path: [] for path in paths}
 
     for it, batch in enumerate(data):
-        order = PATHS if it % 2 == 0 else PATHS[::-1]
+        order = paths if it % 2 == 0 else paths[::-1]
         for path in order:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             grads, stats = meta_gradient(params[path], support_loss, query_loss, batch, "midpoint", args.inner_lr, 1,
                                          path=path)
             for k, v in params[path].items():
                 v.grad = grads[k]
             optims[path].step()
-            dt = time.perf_counter() - t
+            dt, dc = time.perf_counter() - t, time.process_time() - c
             if it >= args.warmup:
                 times[path].append(dt)
+                cpu[path].append(dc)
             print(f"iter {it + 1}/{len(data)} {'(warm-up) ' if it < args.warmup else ''}{path}: {dt:.2f} s, "
                   f"query loss after adaptation {stats['query_loss_post']:.3f}", flush=True)
 
-    loop_s, vmap_s = statistics.median(times["loop"]), statistics.median(times["vmap"])
-    chosen = choose_path(init)
-    result = {
-        "loop_s_per_iter": round(loop_s, 4),
-        "vectorized_s_per_iter": round(vmap_s, 4),
-        "loop_s_per_iter_all": [round(x, 3) for x in times["loop"]],
-        "vectorized_s_per_iter_all": [round(x, 3) for x in times["vmap"]],
-        "vectorized_over_loop": round(vmap_s / loop_s, 3),
-        "chosen": chosen,
-        "chosen_is_faster": bool((loop_s < vmap_s) if chosen == "loop" else (vmap_s < loop_s)),
+    med = {path: statistics.median(times[path]) for path in paths}
+    med_cpu = {path: statistics.median(cpu[path]) for path in paths}
+    chosen = choose_path(init, support_loss, query_loss, data[0])
+    result: dict[str, object] = {}
+    for path in paths:
+        result[f"{path}_s_per_iter"] = round(med[path], 4)
+        result[f"{path}_cpu_s_per_iter"] = round(med_cpu[path], 4)
+        result[f"{path}_s_per_iter_all"] = [round(x, 3) for x in times[path]]
+    if "loop" in paths:
+        for path in paths:
+            result[f"{path}_speedup_vs_loop"] = round(med["loop"] / med[path], 3)
+            result[f"{path}_cpu_speedup_vs_loop"] = round(med_cpu["loop"] / med_cpu[path], 3)
+    result["chosen"] = chosen
+    if chosen in paths:
+        if "loop" in paths:
+            result["chosen_speedup_vs_loop"] = round(med["loop"] / med[chosen], 3)
+        result["chosen_is_fastest"] = bool(med[chosen] <= min(med.values()))
+    result.update({
         "setting": {"ways": args.ways, "shots": args.shots, "queries": args.queries, "meta_batch": args.meta_batch,
                     "filters": args.filters, "pool": "stride", "second_order": True,
                     "data": "random" if args.random_images else "omniglot", "warmup": args.warmup,
                     "iters": args.iters},
         "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
         "numpy": np.__version__,
-    }
+        # 1-minute load average of the machine before and after: other processes sharing the cores
+        "loadavg_start": round(load_start, 2), "loadavg_end": round(os.getloadavg()[0], 2),
+    })
     print(json.dumps(result))
 
 

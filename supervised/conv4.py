@@ -160,8 +160,14 @@ def conv4_losses(pool: Pool = "stride", *, eps: float = _EPS, norm: Norm = "plai
     Returns:
         ``(support_loss, query_loss)``, each ``loss(params, task) -> scalar`` with ``task`` one task of
         :class:`~rkmeta_rl.supervised.episodes.EpisodeSampler`'s batch: ``{"xs": [N*K, C, H, W], "ys": [N*K],
-        "xq": [N*Q, C, H, W], "yq": [N*Q]}``. Pass them to ``rkmeta_rl.rk.meta_gradient``.
+        "xq": [N*Q, C, H, W], "yq": [N*Q]}``. Pass them to ``rkmeta_rl.rk.meta_gradient``. With
+        ``norm="plain"`` they are :class:`rkmeta_rl.rk.TaskBatchedLoss` objects whose ``batched`` form scores
+        all tasks of the batch at once (:mod:`rkmeta_rl.supervised.conv4_tasks`), which the engine's
+        ``"batched"`` path (the default for this net) uses.
     """
+    from rkmeta_rl.rk.batched import TaskBatchedLoss
+
+    from .conv4_tasks import conv4_forward_tasks, task_cross_entropy
 
     def support_loss(params: Mapping[str, torch.Tensor], task: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(conv4_forward(params, task["xs"], pool=pool, eps=eps, norm=norm), task["ys"])
@@ -169,4 +175,13 @@ def conv4_losses(pool: Pool = "stride", *, eps: float = _EPS, norm: Norm = "plai
     def query_loss(params: Mapping[str, torch.Tensor], task: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(conv4_forward(params, task["xq"], pool=pool, eps=eps, norm=norm), task["yq"])
 
-    return support_loss, query_loss
+    if norm != "plain":
+        return support_loss, query_loss
+
+    def support_tasks(params: Mapping[str, torch.Tensor], tasks: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return task_cross_entropy(conv4_forward_tasks(params, tasks["xs"], pool=pool, eps=eps), tasks["ys"])
+
+    def query_tasks(params: Mapping[str, torch.Tensor], tasks: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return task_cross_entropy(conv4_forward_tasks(params, tasks["xq"], pool=pool, eps=eps), tasks["yq"])
+
+    return TaskBatchedLoss(support_loss, support_tasks), TaskBatchedLoss(query_loss, query_tasks)

@@ -96,7 +96,7 @@ def _finite_difference_check(grads: dict[str, torch.Tensor], params: dict[str, t
 
 
 @pytest.mark.parametrize("pool", ["stride", "max"])
-@pytest.mark.parametrize("path", ["vmap", "loop"])
+@pytest.mark.parametrize("path", ["vmap", "loop", "batched"])
 def test_second_order_meta_gradient_matches_finite_differences(path: str, pool: str) -> None:
     params, data, n = _problem(pool)
     support_loss, query_loss = conv4_losses(pool)  # type: ignore[arg-type]

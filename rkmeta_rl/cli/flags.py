@@ -53,7 +53,7 @@ FIELD_HELP: dict[str, str] = {
     "policy_kwargs": "policy settings (see --hidden-sizes, --activation)",
     "test_inner_steps": "inner steps scored at evaluation",
     "meta_lr": "Adam's learning rate",
-    "path": "engine execution path: auto | vmap | loop",
+    "path": "engine execution path: auto | vmap | loop | batched",
     "compile": ("torch.compile the vectorised meta-gradient from the first iteration (--no-compile: never; none: "
                 "when it pays, float32 MLPs on the CPU after a few seconds); a failed compile falls back to eager "
                 "with a warning"),
@@ -77,7 +77,7 @@ RENAMED: dict[str, str] = {"time_budget_min": "--time-budget", "final_eval_tasks
                            "eval_tasks": "--val-tasks"}
 
 #: Choices of string fields.
-CHOICES: dict[str, tuple[str, ...]] = {"step_rule": ("tableau", "fixed"), "path": ("auto", "vmap", "loop"),
+CHOICES: dict[str, tuple[str, ...]] = {"step_rule": ("tableau", "fixed"), "path": ("auto", "vmap", "loop", "batched"),
                                        "pool": ("stride", "max"), "dataset": ("omniglot", "miniimagenet"),
                                        "sampler": ("auto", "twin", "batched", "gym")}
 

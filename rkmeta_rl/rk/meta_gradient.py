@@ -17,13 +17,19 @@ group ``l`` adapts with its own ``alpha_l`` (0 for groups left out, :mod:`rkmeta
 one inner step :func:`rkmeta_rl.rk.inner_step`, and ``g_l = a1_l k1_l + a2_l k2_l`` with ``k2`` differentiated
 through every group's step. One method everywhere runs exactly the uniform program (one float per setting).
 
-Two paths:
+Three paths:
 
 * ``"vmap"``: one ``torch.func.vmap`` over tasks of a nested ``torch.func.grad``: fastest for MLPs.
 * ``"loop"``: a plain per-task loop with ``torch.autograd.grad(create_graph=True)``: the reference path,
-  and the faster one for convolutional nets on CPU (vmap turns per-task convolutions into grouped ones).
+  and the faster one for convolutional nets on CPU with large tasks (vmap turns per-task convolutions into
+  grouped ones).
+* ``"batched"``: all tasks in one autograd graph over per-task parameter copies, for losses that carry a
+  task-batched form (:mod:`rkmeta_rl.rk.batched`; the bundled conv4's do): the fastest for conv nets with
+  small tasks (Omniglot 1-shot with 1 query per class).
 
-``path="auto"`` takes ``"loop"`` when a parameter is a convolution kernel (ndim >= 4) and ``"vmap"`` otherwise.
+``path="auto"`` takes ``"vmap"`` without convolution kernels, ``"batched"`` for conv nets whose losses have a
+task-batched form and whose tasks are small, ``"loop"`` for other conv nets (:func:`choose_path`, with the
+measured figures).
 
 Caution (functorch issue 534): PyTorch's fused batch-norm / layer-norm backward has been reported to give
 wrong second-order gradients under ``vmap`` (0.2-15 % off). On torch 2.13 CPU we measured ``F.batch_norm``
@@ -43,15 +49,16 @@ from torch.utils._pytree import tree_map
 
 from . import autocompile
 from .autocompile import CompileMode
+from .batched import has_batched, meta_gradient_batched, task_elements
 from .inner_step import StepSizes, inner_step
 from .method_spec import AdaptSpec, MethodMap, MethodSpec, resolve_groups
 from .tableau import Tableau
 
-__all__ = ["PerStage", "meta_gradient", "adapt", "choose_path", "Params", "LossFn"]
+__all__ = ["PerStage", "meta_gradient", "adapt", "choose_path", "Params", "LossFn", "BATCHED_MAX_TASK_ELEMENTS"]
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[Mapping[str, torch.Tensor], Any], torch.Tensor]
-Path = Literal["auto", "vmap", "loop"]
+Path = Literal["auto", "vmap", "loop", "batched"]
 
 
 class PerStage(tuple):
@@ -106,14 +113,47 @@ class _Plan:
     per_stage: bool = False
 
 
-def choose_path(params: Mapping[str, torch.Tensor]) -> Literal["vmap", "loop"]:
-    """The execution path ``path="auto"`` takes for these parameters.
+#: Task-data elements per task up to which ``path="auto"`` takes the batched path for conv nets (see
+#: :func:`choose_path`): Omniglot 5-way 1-shot holds 7,850 with 1 query per class and 15,700 with 3.
+BATCHED_MAX_TASK_ELEMENTS = 12_000
 
-    Measured on a 2-core CPU (``scripts/bench_meta_gradient.py``, ``scripts/bench_fewshot.py``): vmap is
-    several times faster than the loop for MLPs but about 2x slower for conv nets, whose per-task
-    convolutions vmap turns into grouped convolutions.
+
+def choose_path(params: Mapping[str, torch.Tensor], support_loss: Any = None, query_loss: Any = None,
+                task_data: Any = None) -> Literal["vmap", "loop", "batched"]:
+    """The execution path ``path="auto"`` takes for these parameters (and losses and task data, when given).
+
+    * no convolution kernel (no parameter with ndim >= 4): ``"vmap"``, several times faster than the loop for
+      MLPs (``scripts/bench_meta_gradient.py``);
+    * convolution kernels, losses with a task-batched form (:class:`rkmeta_rl.rk.TaskBatchedLoss`, as the
+      bundled conv4's) and small tasks (at most ``BATCHED_MAX_TASK_ELEMENTS`` elements of task data per task,
+      :func:`rkmeta_rl.rk.batched.task_elements`): ``"batched"`` (:mod:`rkmeta_rl.rk.batched`);
+    * other convolutional settings: ``"loop"`` (vmap turns per-task convolutions into grouped ones, slower).
+
+    Measured with ``scripts/bench_fewshot.py`` (Omniglot 5-way 1-shot conv4, meta-batch 32, second order,
+    alpha 0.4, one torch thread, the paths interleaved in one process, on a shared 2-core AMD EPYC with a load
+    average of 4-6; seconds per meta-iteration, wall / process CPU):
+
+    ==========  ===========  ===========  ===========  ==================
+    queries     loop         vmap         batched      batched / loop
+    ==========  ===========  ===========  ===========  ==================
+    1           3.70 / 1.83  2.57 / 1.27  2.22 / 1.10  0.60 (1.67x faster)
+    15          10.7 / 5.28  14.7 / 6.87  15.5 / 7.67  1.45 (loop faster)
+    ==========  ===========  ===========  ===========  ==================
+
+    and, in CPU seconds on random images of the same shape (``meta_gradient`` alone, interleaved likewise):
+    3 queries 2.62 loop / 2.54 batched (0.97), 6 queries 2.85 / 3.56 (1.25). The crossover lies between 1 and 3
+    queries per class, i.e. between 7,850 and 15,700 elements of task data per task.
+    The batched path's gain is in the kernels (one ``bmm`` per layer and stage for all tasks, instead of 32 small
+    convolutions); with larger query sets the per-task convolutions are large enough to be efficient and the
+    batched path's im2col matrices and elementwise passes over ~1e8-byte activations cost more than they save,
+    hence the size rule.
     """
-    return "loop" if any(p.dim() >= 4 for p in params.values()) else "vmap"
+    if not any(p.dim() >= 4 for p in params.values()):
+        return "vmap"
+    if (support_loss is not None and query_loss is not None and task_data is not None
+            and has_batched(support_loss, query_loss) and task_elements(task_data) <= BATCHED_MAX_TASK_ELEMENTS):
+        return "batched"
+    return "loop"
 
 
 def _scaled(mask: _PerParam, c: float) -> StepSizes:
@@ -436,9 +476,11 @@ def meta_gradient(
         inner_steps: inner gradient steps (two-stage methods; each step on the support data).
         step_rule: ``"tableau"`` (the paper's Algorithm 2) or ``"fixed"``.
         first_order: drop the second-order terms (FOMAML-style): adaptation directions are constants.
-        path: ``"vmap"``, ``"loop"`` or ``"auto"`` (see :func:`choose_path`).
+        path: ``"vmap"``, ``"loop"``, ``"batched"`` (losses with a task-batched form,
+            :mod:`rkmeta_rl.rk.batched`) or ``"auto"`` (see :func:`choose_path`).
         stats: also compute forward-only diagnostics (query loss before, losses after adaptation).
-        chunk_size: optional vmap chunk size (memory bound on large meta-batches).
+        chunk_size: optional vmap chunk size (memory bound on large meta-batches); on the batched path the tasks
+            per autograd graph (default all tasks in one graph, the fastest measured).
         adapt: the parameters the inner loop moves: a glob, a comma-separated string or a list of globs
             (default every parameter; ANIL is ``adapt="head.*"``); the others have ``alpha_l = 0``.
         compile: ``"auto"`` (default): the vectorised path compiles itself with ``torch.compile`` once the same
@@ -448,7 +490,7 @@ def meta_gradient(
             ``False``: always eager. Compiled programs are cached per loss functions and settings; when
             compiling fails a ``RuntimeWarning`` says why and the eager program answers. Compiled and eager
             results agree to rounding, not bit for bit: pass ``False`` for bitwise-reproducible runs. Ignored
-            by the loop path.
+            by the loop and batched paths.
 
     Returns:
         ``(grads, stats)``: ``grads`` is a dict like ``params`` with the mean meta-gradient (detached);
@@ -460,14 +502,20 @@ def meta_gradient(
     n = _num_tasks(task_data)
     if plan.per_stage:
         task_data = tuple(task_data)  # a plain tuple, so that vmap and tree_map see the per-stage pytrees
-    chosen = choose_path(params) if path == "auto" else path
-    if chosen == "vmap":
+    chosen = choose_path(params, support_loss, query_loss, task_data) if path == "auto" else path
+    if chosen == "batched" and not has_batched(support_loss, query_loss):
+        raise ValueError("path='batched' needs losses with a task-batched form (rkmeta_rl.rk.TaskBatchedLoss); "
+                         f"got {type(support_loss).__name__} and {type(query_loss).__name__}")
+    if chosen == "batched":
+        grads, st = meta_gradient_batched(plan, dict(params), support_loss, query_loss, task_data, n, stats,
+                                          chunk_size)
+    elif chosen == "vmap":
         grads, st = _meta_gradient_vmap(plan, dict(params), support_loss, query_loss, task_data, stats, chunk_size,
                                         compile)
     elif chosen == "loop":
         grads, st = _meta_gradient_loop(plan, dict(params), support_loss, query_loss, task_data, n, stats)
     else:
-        raise ValueError(f"path must be 'auto', 'vmap' or 'loop', got {path!r}")
+        raise ValueError(f"path must be 'auto', 'vmap', 'loop' or 'batched', got {path!r}")
     out = {f"{k.split('_')[0]}_loss_{k.split('_')[1]}": float(v.mean()) for k, v in st.items()}
     out["num_tasks"] = float(n)
     return grads, out
