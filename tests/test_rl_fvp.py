@@ -18,14 +18,20 @@ D = torch.float64
 T_, N_, OBS, ACT = 3, 12, 2, 2
 
 
-def _batch(seed: int) -> FlatBatch:
+def make_batch(seed: int, tasks: int = T_, steps: int = N_, obs: int = OBS, act: int = ACT) -> FlatBatch:
+    """A float64 ``[tasks, steps]`` batch with random observations, actions and advantages, and two tasks whose
+    episodes end early (masked steps), shared by the RL update tests."""
     g = torch.Generator().manual_seed(seed)
-    masks = torch.ones(T_, N_, dtype=D)
+    masks = torch.ones(tasks, steps, dtype=D)
     masks[0, 9:] = 0.0
     masks[2, 5:] = 0.0
-    adv = torch.randn(T_, N_, generator=g, dtype=D) * masks
-    return FlatBatch(obs=torch.randn(T_, N_, OBS, generator=g, dtype=D),
-                     actions=torch.randn(T_, N_, ACT, generator=g, dtype=D), advantages=adv, masks=masks)
+    adv = torch.randn(tasks, steps, generator=g, dtype=D) * masks
+    return FlatBatch(obs=torch.randn(tasks, steps, obs, generator=g, dtype=D),
+                     actions=torch.randn(tasks, steps, act, generator=g, dtype=D), advantages=adv, masks=masks)
+
+
+def _batch(seed: int) -> FlatBatch:
+    return make_batch(seed)
 
 
 def _policy(activation: str) -> GaussianMLPPolicy:

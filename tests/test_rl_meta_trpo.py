@@ -10,9 +10,11 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import pytest
 import torch
+from test_rl_fvp import make_batch
 from torch.distributions import Normal, kl_divergence
 
 from rkmeta_rl.rl import FlatBatch, GaussianMLPPolicy, MetaTRPOStep
@@ -22,13 +24,7 @@ T_, N_, OBS, ACT, HID = 3, 12, 2, 2, 5
 
 
 def _batch(seed: int) -> FlatBatch:
-    g = torch.Generator().manual_seed(seed)
-    masks = torch.ones(T_, N_, dtype=D)
-    masks[0, 9:] = 0.0
-    masks[2, 5:] = 0.0
-    adv = torch.randn(T_, N_, generator=g, dtype=D) * masks
-    return FlatBatch(obs=torch.randn(T_, N_, OBS, generator=g, dtype=D),
-                     actions=torch.randn(T_, N_, ACT, generator=g, dtype=D), advantages=adv, masks=masks)
+    return make_batch(seed, T_, N_, OBS, ACT)
 
 
 def _policy() -> GaussianMLPPolicy:
@@ -92,6 +88,17 @@ def reference_trpo(vec0: torch.Tensor, d0: FlatBatch, d1: FlatBatch | None, a1: 
                                            d1.masks[t])
         return j / T_, kl / T_
 
+    return textbook_trpo_step(old, j_and_kl, max_kl, damping)
+
+
+def textbook_trpo_step(old: torch.Tensor, j_and_kl: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                       max_kl: float, damping: float) -> tuple[torch.Tensor, float]:
+    """One TRPO step on the flat parameters ``old`` of ``(objective, KL) = j_and_kl(theta)``, written out plainly:
+    the gradient and the Fisher-vector product by double backward through the KL's gradient, textbook conjugate
+    gradient from x = 0 (10 iterations, stop when r.r < 1e-10), the step scaled to ``0.5 x^T F x = max_kl`` and
+    a backtracking line search (0.8^k, 15 tries) accepting a lower objective within the KL bound.
+
+    Returns ``(new parameters, objective improvement)``; ``(old, 0.0)`` when no try is accepted."""
     theta = old.clone().requires_grad_(True)
     j, kl = j_and_kl(theta)
     (g,) = torch.autograd.grad(j, theta, retain_graph=True)
@@ -101,7 +108,6 @@ def reference_trpo(vec0: torch.Tensor, d0: FlatBatch, d1: FlatBatch | None, a1: 
         (hv,) = torch.autograd.grad(gkl @ v, theta, retain_graph=True)
         return hv + damping * v
 
-    # textbook conjugate gradient from x = 0, 10 iterations, stop when r.r < 1e-10
     x = torch.zeros_like(g)
     r = g.clone()
     p = g.clone()

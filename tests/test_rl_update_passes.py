@@ -14,6 +14,8 @@ import math
 
 import pytest
 import torch
+from test_rl_fvp import make_batch
+from test_rl_meta_trpo import textbook_trpo_step
 from torch.distributions import Normal, kl_divergence
 
 from rkmeta_rl.rk import get_tableau
@@ -25,13 +27,7 @@ T_, N_, OBS, ACT, HID = 3, 14, 2, 2, (4, 3)
 
 
 def _batch(seed: int) -> FlatBatch:
-    g = torch.Generator().manual_seed(seed)
-    masks = torch.ones(T_, N_, dtype=D)
-    masks[0, 9:] = 0.0
-    masks[2, 5:] = 0.0
-    adv = torch.randn(T_, N_, generator=g, dtype=D) * masks
-    return FlatBatch(obs=torch.randn(T_, N_, OBS, generator=g, dtype=D),
-                     actions=torch.randn(T_, N_, ACT, generator=g, dtype=D), advantages=adv, masks=masks)
+    return make_batch(seed, T_, N_, OBS, ACT)
 
 
 def _policy(activation: str = "tanh") -> GaussianMLPPolicy:
@@ -187,33 +183,7 @@ def reference_update(pol: GaussianMLPPolicy, d0: FlatBatch, d1: FlatBatch, a_bod
             kl = kl + w2 * mm(kl_divergence(pi(old_prime[t], d1.obs[t]), pi(vp, d1.obs[t])).sum(-1), d1.masks[t])
         return j / T_, kl / T_
 
-    theta = old.clone().requires_grad_(True)
-    j, kl = j_kl(theta)
-    (g,) = torch.autograd.grad(j, theta, retain_graph=True)
-    (gkl,) = torch.autograd.grad(kl, theta, create_graph=True)
-
-    def fvp(v: torch.Tensor) -> torch.Tensor:
-        (hv,) = torch.autograd.grad(gkl @ v, theta, retain_graph=True)
-        return hv + damping * v
-
-    x = torch.zeros_like(g)
-    r, p = g.clone(), g.clone()
-    for _ in range(10):
-        if r @ r < 1e-10:
-            break
-        ap = fvp(p)
-        a = (r @ r) / (p @ ap)
-        x = x + a * p
-        r_new = r - a * ap
-        p = r_new + (r_new @ r_new) / (r @ r) * p
-        r = r_new
-    step = x * torch.sqrt(max_kl / (0.5 * x @ fvp(x)))
-    for k in range(15):
-        cand = (old - 0.8 ** k * step).requires_grad_(True)
-        j_new, kl_new = j_kl(cand)
-        if j_new.item() < j.item() and kl_new.item() <= max_kl:
-            return cand.detach(), j.item() - j_new.item()
-    return old, 0.0
+    return textbook_trpo_step(old, j_kl, max_kl, damping)
 
 
 @pytest.mark.parametrize("fvp_mode", ["gauss_newton", "autograd"])

@@ -20,7 +20,7 @@ The gain is in the kernels, not the arithmetic: each layer of each stage is one 
 ``T`` small ones (for the conv4 a convolution of all tasks is one ``bmm``, :mod:`rkmeta_rl.supervised.conv4_tasks`).
 Every ``meta_gradient`` setting (tableaus with any number of stages, ``PerStage`` data, ``inner_steps``,
 ``first_order``, per-parameter methods, ``adapt=``) runs here exactly as on the loop path, whose per-task program it
-mirrors line by line.
+shares (``meta_gradient._loop_task``, run once on the stacked copies).
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
-
-from .inner_step import inner_step
 
 if TYPE_CHECKING:
     from .meta_gradient import Params, _Plan
@@ -119,58 +117,11 @@ def _batched_chunk(plan: _Plan, params: Params, support_loss: Any, query_loss: A
     Returns:
         ``({name: mean over tasks of g_task}, {"support_pre": [T], ...})`` like the loop path.
     """
-    from .meta_gradient import _at, _query_data, _scaled, _stage_data  # that module imports this one
+    from .meta_gradient import _loop_task  # that module imports this one
 
-    s = plan.stages
-    sup, qry = support_loss.batched, query_loss.batched
-    names = list(params)
     # T independent copies of theta: a leaf, so that grad w.r.t. it is the stack of per-task gradients
     theta = {k: v.detach().unsqueeze(0).expand(n_tasks, *v.shape).clone().requires_grad_(True)
              for k, v in params.items()}
-    leaves = [theta[k] for k in names]
-    d0 = _stage_data(plan, task_data, 0)
-    l1 = sup(theta, d0)
-    need_graph_1 = s > 1 and not plan.first_order
-    k1 = list(torch.autograd.grad(l1.sum(), leaves, create_graph=need_graph_1))
-    ks: list[list[torch.Tensor]] = [k1]
-    out: dict[str, torch.Tensor] = {"support_pre": l1.detach()}
-    for m in range(2, s + 1):
-        dirs = [[g.detach() for g in kj] if plan.first_order else kj for kj in ks]
-        if m == 2:
-            cur = list(inner_step(theta, dirs[0], plan.alpha).values())
-            for _ in range(plan.inner_steps - 1):
-                lk = sup(dict(zip(names, cur)), d0)
-                gk = torch.autograd.grad(lk.sum(), cur, create_graph=not plan.first_order)
-                cur = list(inner_step(dict(zip(names, cur)), gk, plan.alpha).values())
-        else:
-            row = plan.q[m - 1]
-            cur = list(leaves)
-            for j in range(m - 1):
-                if row[j] != 0.0:
-                    cur = list(inner_step(dict(zip(names, cur)), dirs[j], _scaled(plan.mask, plan.h * row[j])).values())
-        lm = qry(dict(zip(names, cur)), _stage_data(plan, task_data, m - 1))
-        if m == 2:  # the diagnostics' "post" values
-            post_point, post_query = [w.detach() for w in cur], lm.detach()
-        km = torch.autograd.grad(lm.sum(), leaves, create_graph=(m < s and not plan.first_order), allow_unused=True)
-        ks.append([torch.zeros_like(w) if g is None else g for w, g in zip(leaves, km)])
-    grads: Params = {}
-    for n, k in enumerate(names):
-        terms = [_at(plan.a[i], k) * ks[i][n].detach() for i in range(s) if _at(plan.a[i], k) != 0.0]
-        grads[k] = sum(terms).mean(0) if terms else torch.zeros_like(params[k])  # type: ignore[union-attr]
-    if stats:
-        th = {k: v.detach() for k, v in theta.items()}
-        dq = _query_data(plan, task_data)
-        if s >= 2:
-            cur_p = dict(zip(names, post_point))
-        else:
-            cur_p = inner_step(th, [g.detach() for g in k1], plan.alpha)
-            for _ in range(plan.inner_steps - 1):
-                w = {k: v.requires_grad_(True) for k, v in cur_p.items()}
-                with torch.enable_grad():
-                    gk = torch.autograd.grad(sup(w, d0).sum(), list(w.values()))
-                cur_p = inner_step({k: v.detach() for k, v in w.items()}, gk, plan.alpha)
-        with torch.no_grad():
-            out["query_pre"] = qry(th, dq)
-            out["support_post"] = sup(cur_p, d0)
-            out["query_post"] = post_query if s >= 2 else qry(cur_p, dq)
+    g_task, out = _loop_task(plan, theta, support_loss.batched, query_loss.batched, task_data, stats)
+    grads = {k: g.mean(0) for k, g in zip(params, g_task)}
     return grads, {k: v.detach() for k, v in out.items()}

@@ -370,6 +370,11 @@ def _index(task_data: Any, t: int) -> Any:
 
 def _loop_task(plan: _Plan, theta: Params, support_loss: LossFn, query_loss: LossFn, data: Any,
                stats: bool) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    """One task's ``a_1 k_1 + ... + a_s k_s`` (one tensor per parameter) and its diagnostics, by autograd.
+
+    The task-batched path (:mod:`rkmeta_rl.rk.batched`) runs this same program once for all tasks: ``theta``
+    then holds ``[T, *shape]`` per-task copies, the losses return ``[T]`` per-task values, and every gradient is
+    taken of their sum (for one task the sum of a scalar is the scalar)."""
     s = plan.stages
     names = list(theta)
     leaves = [theta[k] for k in names]
@@ -377,7 +382,7 @@ def _loop_task(plan: _Plan, theta: Params, support_loss: LossFn, query_loss: Los
     l1 = support_loss(theta, d0)
     # k1 keeps its graph when a later stage differentiates through it
     need_graph_1 = s > 1 and not plan.first_order
-    k1 = list(torch.autograd.grad(l1, leaves, create_graph=need_graph_1))
+    k1 = list(torch.autograd.grad(l1.sum(), leaves, create_graph=need_graph_1))
     ks: list[list[torch.Tensor]] = [k1]
     out: dict[str, torch.Tensor] = {"support_pre": l1.detach()}
     for m in range(2, s + 1):
@@ -386,7 +391,7 @@ def _loop_task(plan: _Plan, theta: Params, support_loss: LossFn, query_loss: Los
             cur = list(inner_step(theta, dirs[0], plan.alpha).values())
             for _ in range(plan.inner_steps - 1):
                 lk = support_loss(dict(zip(names, cur)), d0)
-                gk = torch.autograd.grad(lk, cur, create_graph=not plan.first_order)
+                gk = torch.autograd.grad(lk.sum(), cur, create_graph=not plan.first_order)
                 cur = list(inner_step(dict(zip(names, cur)), gk, plan.alpha).values())
         else:
             row = plan.q[m - 1]
@@ -398,7 +403,7 @@ def _loop_task(plan: _Plan, theta: Params, support_loss: LossFn, query_loss: Los
         lm = query_loss(dict(zip(names, cur)), _stage_data(plan, data, m - 1))
         if m == 2:  # the adapted point and its query loss are the diagnostics' "post" values: keep them
             post_point, post_query = [w.detach() for w in cur], lm.detach()
-        km = torch.autograd.grad(lm, leaves, create_graph=(m < s and not plan.first_order), allow_unused=True)
+        km = torch.autograd.grad(lm.sum(), leaves, create_graph=(m < s and not plan.first_order), allow_unused=True)
         ks.append([torch.zeros_like(w) if g is None else g for w, g in zip(leaves, km)])
     g_task = [sum(_at(plan.a[i], k) * ks[i][n].detach() for i in range(s) if _at(plan.a[i], k) != 0.0)
               for n, k in enumerate(names)]
@@ -414,7 +419,10 @@ def _loop_task(plan: _Plan, theta: Params, support_loss: LossFn, query_loss: Los
             with torch.no_grad():
                 cur_p = inner_step(th, [g.detach() for g in k1], plan.alpha)
             for _ in range(plan.inner_steps - 1):
-                cur_p = adapt(cur_p, support_loss, d0, plan.alpha, 1)
+                w = {k: v.detach().requires_grad_(True) for k, v in cur_p.items()}
+                with torch.enable_grad():
+                    gk = torch.autograd.grad(support_loss(w, d0).sum(), list(w.values()))
+                cur_p = inner_step({k: v.detach() for k, v in w.items()}, gk, plan.alpha)
         with torch.no_grad():
             out["query_pre"] = query_loss(th, dq)
             out["support_post"] = support_loss(cur_p, d0)
