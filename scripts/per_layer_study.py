@@ -11,13 +11,15 @@ reference setting: 2x64 tanh policy, inner rate 0.1, 20 tasks x 20 trajectories)
 * ANIL (Raghu et al., 2019, https://arxiv.org/abs/1909.09157): midpoint, only the head adapted.
 
 Every run is ``scripts/train_fewshot.py`` / ``scripts/train_nav.py`` in a subprocess with explicit flags, into
-``OUT/<benchmark>/<variant>/s<seed>``; a run whose ``metrics.json`` exists is skipped, so an interrupted study
-resumes where it stopped. The table (mean and a Student-t 95% interval over seeds) and the plot go to
-``--docs`` (``per_layer_study.md``, ``per_layer_study.png``). The score is Omniglot's test accuracy after the
-test steps on fresh episodes, and navigation's post-adaptation return (mean of the last 10 iterations).
+``OUT/<benchmark>/<variant>/s<seed>`` (its output in ``OUT/logs/``), ``--jobs`` of them at once; a run whose
+``metrics.json`` exists is skipped and one with a checkpoint resumes, so an interrupted study continues where it
+stopped; a failed run is reported and the others go on. ``--report-only`` writes the table from finished runs.
+The table (mean and a Student-t 95% interval over seeds) and the plot go to ``--docs`` (``per_layer_study.md``,
+``per_layer_study.png``). The score is Omniglot's test accuracy after the test steps on fresh episodes, and
+navigation's post-adaptation return (mean of the last 10 iterations).
 
     python scripts/per_layer_study.py --out runs/per_layer --seeds 0 1 2 --omniglot-iterations 300 \\
-        --nav-iterations 100
+        --nav-iterations 100 --jobs 2
 
 The last line printed is a JSON object with the table's numbers.
 """
@@ -31,6 +33,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -85,12 +88,13 @@ def run_command(benchmark: str, variant: Variant, seed: int, logdir: str, args: 
                 "--meta-batch-size", str(args.omniglot_meta_batch_size), "--inner-lr", "0.4", "--inner-steps", "1",
                 "--test-inner-steps", "3", "--iterations", str(args.omniglot_iterations), "--seed", str(seed),
                 "--data-root", args.omniglot_root, "--eval-tasks", str(args.omniglot_eval_tasks),
-                "--eval-interval", "0", "--checkpoint-interval", str(max(1, args.omniglot_iterations)),
+                "--eval-interval", "0", "--checkpoint-interval", str(max(1, min(100, args.omniglot_iterations))),
                 "--device", "cpu", "--threads", str(args.threads), "--logdir", logdir, "--no-progress"]
     return [sys.executable, os.path.join(ROOT, "scripts", "train_nav.py"), "--config", "reference",
             *variant.flags(benchmark), "--iterations", str(args.nav_iterations),
             "--meta-batch-size", str(args.nav_meta_batch_size), "--fast-batch-size", str(args.nav_fast_batch_size),
-            "--seed", str(seed), "--figure-interval", "0", "--checkpoint-interval", str(max(1, args.nav_iterations)),
+            "--seed", str(seed), "--figure-interval", "0",
+            "--checkpoint-interval", str(max(1, min(10, args.nav_iterations))),
             "--device", "cpu", "--threads", str(args.threads), "--logdir", logdir, "--no-progress"]
 
 
@@ -99,33 +103,50 @@ def score(benchmark: str, metrics: dict) -> float:
     return float(metrics["accuracy"] if benchmark == "omniglot" else metrics["post_return"])
 
 
-def run_all(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
-    """Run (or skip, when finished) every benchmark x variant x seed; ``{benchmark: {variant key: scores}}``."""
-    out: dict[str, dict[str, list[float]]] = {}
+def _run_one(benchmark: str, variant: Variant, seed: int, args: argparse.Namespace) -> str | None:
+    """Train one run into its folder, its output in ``OUT/logs/``; ``None`` when it finished, else the error."""
+    logdir = os.path.join(args.out, benchmark, variant.key, f"s{seed}")
+    cmd = run_command(benchmark, variant, seed, logdir, args)
+    if os.path.isfile(os.path.join(logdir, "checkpoint_latest.pt")):
+        cmd.append("--resume")  # an interrupted run continues where it stopped
+    elif os.path.isdir(logdir) and os.listdir(logdir):  # stopped before its first checkpoint: start afresh
+        os.replace(logdir, f"{logdir}.unfinished-{time.strftime('%Y%m%d-%H%M%S')}")
+    log_path = os.path.join(args.out, "logs", f"{benchmark}-{variant.key}-s{seed}.log")
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),  # the checkout, installed or not
+               PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    print(f"[run] {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    with open(log_path, "a") as log:
+        log.write(f"\n# {time.strftime('%Y-%m-%dT%H:%M:%S')}: {' '.join(cmd)}\n")
+        log.flush()
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    name = f"{benchmark}/{variant.key}/s{seed}"
+    if code != 0:
+        return f"{name}: exit code {code}; log: {log_path}"
+    print(f"[done] {name} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return None
+
+
+def run_all(args: argparse.Namespace) -> tuple[dict[str, dict[str, list[float]]], list[str]]:
+    """Run every unfinished benchmark x variant x seed (``--jobs`` at once; none with ``--report-only``), then
+    read the finished ones: ``({benchmark: {variant key: scores of finished seeds}}, errors)``. A failed run is
+    reported and the others go on."""
     variants = [v for v in VARIANTS if not args.variants or v.key in args.variants]
-    for benchmark in args.benchmarks:
-        out[benchmark] = {}
-        for variant in variants:
-            scores = []
-            for seed in args.seeds:
-                logdir = os.path.join(args.out, benchmark, variant.key, f"s{seed}")
-                path = os.path.join(logdir, "metrics.json")
-                if not os.path.isfile(path):
-                    cmd = run_command(benchmark, variant, seed, logdir, args)
-                    print(f"[run] {' '.join(cmd)}", flush=True)
-                    t0 = time.perf_counter()
-                    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),  # the checkout, installed or not
-                               PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
-                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                    if proc.returncode != 0:
-                        raise RuntimeError(f"{benchmark}/{variant.key}/s{seed} failed:\n{proc.stderr[-3000:]}")
-                    print(f"[done] {benchmark}/{variant.key}/s{seed} in {time.perf_counter() - t0:.0f} s", flush=True)
-                else:
-                    print(f"[skip] {benchmark}/{variant.key}/s{seed}: finished", flush=True)
-                with open(path) as f:
-                    scores.append(score(benchmark, json.load(f)))
-            out[benchmark][variant.key] = scores
-    return out
+    plan = [(b, v, seed) for b in args.benchmarks for v in variants for seed in args.seeds]
+    todo = [r for r in plan
+            if not os.path.isfile(os.path.join(args.out, r[0], r[1].key, f"s{r[2]}", "metrics.json"))]
+    errors: list[str] = []
+    if todo and not args.report_only:
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each job is a subprocess
+            errors = [e for e in pool.map(lambda r: _run_one(*r, args), todo) if e is not None]
+    out: dict[str, dict[str, list[float]]] = {b: {} for b in args.benchmarks}
+    for b, v, seed in plan:
+        path = os.path.join(args.out, b, v.key, f"s{seed}", "metrics.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                out[b].setdefault(v.key, []).append(score(b, json.load(f)))
+    return out, errors
 
 
 def table(results: dict[str, dict[str, list[float]]], args: argparse.Namespace) -> str:
@@ -136,10 +157,13 @@ def table(results: dict[str, dict[str, list[float]]], args: argparse.Namespace) 
     lines = ["| variant | " + " | ".join(names[b] for b in benches) + " |",
              "|---|" + "---|" * len(benches)]
     for v in VARIANTS:
-        if not all(v.key in results[b] for b in benches):
+        if not any(v.key in results[b] for b in benches):
             continue
         cells = []
         for b in benches:
+            if v.key not in results[b]:
+                cells.append("not run yet")
+                continue
             m, hw = mean_interval(results[b][v.key])
             cells.append(f"{m:.4g}" + ("" if hw is None else f" ± {hw:.2g}") + f" (n={len(results[b][v.key])})")
         lines.append(f"| {v.label} | " + " | ".join(cells) + " |")
@@ -155,6 +179,9 @@ def plot(results: dict[str, dict[str, list[float]]], path: str) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 3.8), squeeze=False)
     for ax, (bench, res) in zip(axes[0], results.items()):
+        if not res:
+            ax.set_axis_off()
+            continue
         keys = [v for v in VARIANTS if v.key in res]
         for i, v in enumerate(keys):
             m, hw = mean_interval(res[v.key])
@@ -185,10 +212,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nav-iterations", type=int, default=100)
     p.add_argument("--nav-meta-batch-size", type=int, default=20)
     p.add_argument("--nav-fast-batch-size", type=int, default=20)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (e.g. the machine's cores / --threads)")
+    p.add_argument("--report-only", action="store_true", help="write the table and plot from finished runs")
     args = p.parse_args(argv)
     for name in ("omniglot_iterations", "omniglot_meta_batch_size", "omniglot_eval_tasks", "nav_iterations",
-                 "nav_meta_batch_size", "nav_fast_batch_size", "threads"):
+                 "nav_meta_batch_size", "nav_fast_batch_size", "threads", "jobs"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if "omniglot" in args.benchmarks:
@@ -206,17 +235,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    results = run_all(args)
+    results, errors = run_all(args)
+    planned = len(args.seeds) * len([v for v in VARIANTS if not args.variants or v.key in args.variants])
     md = table(results, args)
     os.makedirs(args.docs, exist_ok=True)
     with open(os.path.join(args.docs, "per_layer_study.md"), "w") as f:
         f.write("# Per-layer RK methods: study results\n\nMean and Student-t 95% interval over seeds "
-                f"{args.seeds}.\n\n{md}\n\nCommand:\n\n    python scripts/per_layer_study.py "
-                + " ".join(sys.argv[1:] if argv is None else argv) + "\n")
+                f"{args.seeds} (n = seeds finished of {len(args.seeds)} planned).\n\n{md}\n\nCommand:\n\n"
+                "    python scripts/per_layer_study.py " + " ".join(sys.argv[1:] if argv is None else argv) + "\n")
     plot(results, os.path.join(args.docs, "per_layer_study.png"))
     print(md)
-    summary = {b: {k: dict(zip(("mean", "ci95"), mean_interval(v))) | {"values": v} for k, v in r.items()}
-               for b, r in results.items()}
+    summary: dict = {b: {k: dict(zip(("mean", "ci95"), mean_interval(v))) | {"values": v} for k, v in r.items()}
+                     for b, r in results.items()}
+    summary["runs"] = {"finished": sum(len(v) for r in results.values() for v in r.values()),
+                       "planned": planned * len(args.benchmarks), "errors": errors}
     print(json.dumps(summary))
     return summary
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -587,6 +588,34 @@ def test_study_statistics_and_resume_from_finished_runs(tmp_path) -> None:
     assert anil.flags("nav") == ["--method", "midpoint", "--adapt", "w2,b2,log_std"]
     mixed = next(v for v in study.VARIANTS if v.key == "head-midpoint_body-euler")
     assert mixed.flags("omniglot") == ["--method", "fc.*=midpoint,*=euler"]
+
+
+def test_study_runs_jobs_in_parallel_reports_failures_and_restarts_unfinished(tmp_path, monkeypatch) -> None:
+    study = load_script("per_layer_study")
+
+    def fake(benchmark, variant, seed, logdir, args):  # a "training run": writes metrics, or fails for itb
+        code = (f"import json, os, sys; os.makedirs({logdir!r}, exist_ok=True); "
+                f"sys.exit(3) if {variant.key!r}.endswith('itb') else "
+                f"json.dump({{'accuracy': 0.5 + {seed} / 10}}, open(os.path.join({logdir!r}, 'metrics.json'), 'w'))")
+        return [sys.executable, "-c", code]
+
+    monkeypatch.setattr(study, "run_command", fake)
+    stale = tmp_path / "runs" / "omniglot" / "ralston" / "s1"
+    stale.mkdir(parents=True)
+    (stale / "progress.csv").write_text("stopped before its first checkpoint")
+    out = study.main(["--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"), "--seeds", "0", "1",
+                      "--benchmarks", "omniglot", "--variants", "midpoint", "ralston", "head-midpoint_body-itb",
+                      "--omniglot-root", str(tmp_path), "--jobs", "3"])
+    assert out["omniglot"]["ralston"]["values"] == [0.5, 0.6]  # the stale folder was moved aside, then rerun
+    assert list((tmp_path / "runs" / "omniglot" / "ralston").glob("s1.unfinished-*"))
+    assert out["runs"]["finished"] == 4 and out["runs"]["planned"] == 6
+    assert len(out["runs"]["errors"]) == 2 and all("exit code 3" in e for e in out["runs"]["errors"])
+    md = (tmp_path / "docs" / "per_layer_study.md").read_text()
+    assert "head midpoint, body itb" not in md and "n = seeds finished of 2 planned" in md
+    again = study.main(["--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"), "--seeds", "0", "1",
+                        "--benchmarks", "omniglot", "--variants", "midpoint", "--omniglot-root", str(tmp_path),
+                        "--report-only"])
+    assert again["omniglot"]["midpoint"]["values"] == [0.5, 0.6] and again["runs"]["errors"] == []
 
 
 @pytest.mark.slow  # two real runs through the training scripts, about half a minute
