@@ -50,6 +50,8 @@ def test_smoke_runs_everything_and_writes_the_report(smoke: tuple[str, dict]) ->
     if os.path.isdir(OMNIGLOT_ROOT):
         assert "| omniglot 5-way 1-shot | midpoint |" in report
         assert os.path.isfile(os.path.join(out, "reproduction_figure3.png"))
+        # the commands name the dataset by its variable, never by this machine's folder
+        assert OMNIGLOT_ROOT not in report and '--data-root "$RKMETA_OMNIGLOT"' in report
 
 
 def test_finished_runs_are_skipped_and_interrupted_runs_resume(smoke: tuple[str, dict]) -> None:
