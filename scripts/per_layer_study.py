@@ -13,7 +13,10 @@ reference setting: 2x64 tanh policy, inner rate 0.1, 20 tasks x 20 trajectories)
 Every run is ``scripts/train_fewshot.py`` / ``scripts/train_nav.py`` in a subprocess with explicit flags, into
 ``OUT/<benchmark>/<variant>/s<seed>`` (its output in ``OUT/logs/``), ``--jobs`` of them at once; a run whose
 ``metrics.json`` exists is skipped and one with a checkpoint resumes, so an interrupted study continues where it
-stopped; a failed run is reported and the others go on. ``--report-only`` writes the table from finished runs.
+stopped; a failed run is reported and the others go on. Each finished run leaves a record (its portable command and
+``metrics.json``, :mod:`rkmeta_rl.common.run_record`) under ``--results`` (``results/per_layer/`` in the checkout,
+meant to be committed): a run with a record is finished even where its folder is gone, and the table is rebuilt
+from the records. ``--report-only`` writes the table from finished runs.
 The table (mean and a Student-t 95% interval over seeds) and the plot go to ``--docs`` (``per_layer_study.md``,
 ``per_layer_study.png``). The score is Omniglot's test accuracy after the test steps on fresh episodes, and
 navigation's post-adaptation return (mean of the last 10 iterations).
@@ -37,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
+from rkmeta_rl.common.run_record import portable_command, read_record, write_record
 from rkmeta_rl.stats import mean_interval as _t_interval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,6 +107,29 @@ def score(benchmark: str, metrics: dict) -> float:
     return float(metrics["accuracy"] if benchmark == "omniglot" else metrics["post_return"])
 
 
+def _where(benchmark: str, variant: Variant, seed: int, args: argparse.Namespace) -> tuple[str, str, list[str]]:
+    """``(run folder, record file, portable command)`` of one run."""
+    logdir = os.path.join(args.out, benchmark, variant.key, f"s{seed}")
+    cmd = run_command(benchmark, variant, seed, logdir, args)
+    portable = [os.path.basename(cmd[1]), *portable_command(cmd[2:], "RKMETA_OMNIGLOT")]
+    return logdir, os.path.join(args.results, benchmark, variant.key, f"s{seed}.json"), portable
+
+
+def finished_metrics(benchmark: str, variant: Variant, seed: int, args: argparse.Namespace) -> dict | None:
+    """A finished run's ``metrics.json``: from its folder (recording it when it has no record yet), else from its
+    record; None when the run has not finished."""
+    logdir, record, portable = _where(benchmark, variant, seed, args)
+    path = os.path.join(logdir, "metrics.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            metrics = json.load(f)
+        if read_record(record, portable) is None:
+            write_record(record, portable, metrics)
+        return metrics
+    rec = read_record(record, portable)
+    return None if rec is None else rec["metrics"]
+
+
 def _run_one(benchmark: str, variant: Variant, seed: int, args: argparse.Namespace) -> str | None:
     """Train one run into its folder, its output in ``OUT/logs/``; ``None`` when it finished, else the error."""
     logdir = os.path.join(args.out, benchmark, variant.key, f"s{seed}")
@@ -124,6 +151,7 @@ def _run_one(benchmark: str, variant: Variant, seed: int, args: argparse.Namespa
     name = f"{benchmark}/{variant.key}/s{seed}"
     if code != 0:
         return f"{name}: exit code {code}; log: {log_path}"
+    finished_metrics(benchmark, variant, seed, args)  # writes its record
     print(f"[done] {name} in {time.perf_counter() - t0:.0f} s", flush=True)
     return None
 
@@ -133,19 +161,18 @@ def run_all(args: argparse.Namespace) -> tuple[dict[str, dict[str, list[float]]]
     read the finished ones: ``({benchmark: {variant key: scores of finished seeds}}, errors)``. A failed run is
     reported and the others go on."""
     variants = [v for v in VARIANTS if not args.variants or v.key in args.variants]
-    plan = [(b, v, seed) for b in args.benchmarks for v in variants for seed in args.seeds]
-    todo = [r for r in plan
-            if not os.path.isfile(os.path.join(args.out, r[0], r[1].key, f"s{r[2]}", "metrics.json"))]
+    # seed-major: an interrupted study holds whole seeds (every variant), not a few variants with every seed
+    plan = [(b, v, seed) for seed in args.seeds for b in args.benchmarks for v in variants]
+    todo = [r for r in plan if finished_metrics(*r, args) is None]
     errors: list[str] = []
     if todo and not args.report_only:
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each job is a subprocess
             errors = [e for e in pool.map(lambda r: _run_one(*r, args), todo) if e is not None]
     out: dict[str, dict[str, list[float]]] = {b: {} for b in args.benchmarks}
     for b, v, seed in plan:
-        path = os.path.join(args.out, b, v.key, f"s{seed}", "metrics.json")
-        if os.path.isfile(path):
-            with open(path) as f:
-                out[b].setdefault(v.key, []).append(score(b, json.load(f)))
+        metrics = finished_metrics(b, v, seed, args)
+        if metrics is not None:
+            out[b].setdefault(v.key, []).append(score(b, metrics))
     return out, errors
 
 
@@ -200,6 +227,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder of the runs (one per benchmark x variant x seed)")
     p.add_argument("--docs", default=os.path.join(ROOT, "docs"), help="where the table and the plot go")
+    p.add_argument("--results", default=os.path.join(ROOT, "results", "per_layer"),
+                   help="where each finished run's record goes (small JSON files to commit)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--benchmarks", nargs="+", choices=("omniglot", "nav"), default=["omniglot", "nav"])
     p.add_argument("--variants", nargs="+", choices=[v.key for v in VARIANTS], default=None,
@@ -242,7 +271,8 @@ def main(argv: list[str] | None = None) -> dict:
     with open(os.path.join(args.docs, "per_layer_study.md"), "w") as f:
         f.write("# Per-layer RK methods: study results\n\nMean and Student-t 95% interval over seeds "
                 f"{args.seeds} (n = seeds finished of {len(args.seeds)} planned).\n\n{md}\n\nCommand:\n\n"
-                "    python scripts/per_layer_study.py " + " ".join(sys.argv[1:] if argv is None else argv) + "\n")
+                "    python scripts/per_layer_study.py "
+                + " ".join(a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only") + "\n")
     plot(results, os.path.join(args.docs, "per_layer_study.png"))
     print(md)
     summary: dict = {b: {k: dict(zip(("mean", "ci95"), mean_interval(v))) | {"values": v} for k, v in r.items()}

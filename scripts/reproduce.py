@@ -18,7 +18,11 @@ Experiments (``--only`` takes a comma-separated subset):
 Every run is one training script call with explicit flags in its own run folder under
 ``--out/<scale>/<experiment>/``. A finished run (``metrics.json`` present) is skipped, an interrupted one is
 resumed (``--resume``), so the command can be stopped and started again at any time. Logs of each run go to
-``--out/<scale>/logs/``. At the end the report (``docs/reproduction.md`` by default, ``--report``) and its plots
+``--out/<scale>/logs/``. Each finished run also leaves a small *record* (its portable command, ``metrics.json``
+and, for Figure 3, its evaluation curve) under ``--results/<scale>/`` (``results/reproduce/`` in the checkout by
+default), a file meant to be committed: a run with a record is finished even when its run folder is gone (another
+machine, a cleaned disk), and the report is rebuilt from the records alone. At the end the report
+(``docs/reproduction.md`` by default, ``--report``) and its plots
 are written from whatever runs have finished: every row holds the paper's number, ours with its interval
 (Student t across seeds, n given; a single run's interval is over its test tasks), iterations, wall time and the
 exact command. The last line printed is a JSON summary.
@@ -49,7 +53,9 @@ REPO = os.path.dirname(HERE)
 if REPO not in sys.path:  # `python scripts/reproduce.py` from a checkout without an install still finds the package
     sys.path.insert(0, REPO)
 
+from rkmeta_rl.common.run_record import portable_command, read_record, write_record  # noqa: E402
 from rkmeta_rl.stats import mean_interval  # noqa: E402
+from rkmeta_rl.utils import write_json_atomic  # noqa: E402
 
 METHODS = ("euler", "midpoint", "heun", "ralston", "itb")
 EXPERIMENTS = ("table2", "table3", "figure3", "figure5")
@@ -126,16 +132,49 @@ class Run:
     args: list[str]
     logdir: str
     meta: dict[str, Any] = field(default_factory=dict)
+    record_path: str = ""  # where its record goes (set by :func:`main`; empty: no record)
+
+    @property
+    def has_folder_metrics(self) -> bool:
+        return os.path.isfile(os.path.join(self.logdir, "metrics.json"))
+
+    def record(self) -> dict[str, Any] | None:
+        """Its record, when one was made by this same configuration."""
+        return read_record(self.record_path, self.portable()) if self.record_path else None
 
     @property
     def done(self) -> bool:
-        return os.path.isfile(os.path.join(self.logdir, "metrics.json"))
+        return self.has_folder_metrics or self.record() is not None
 
     def metrics(self) -> dict[str, Any] | None:
-        if not self.done:
-            return None
-        with open(os.path.join(self.logdir, "metrics.json")) as fh:
-            return json.load(fh)
+        """``metrics.json`` from the run folder, else from the run's record; None when not finished."""
+        if self.has_folder_metrics:
+            with open(os.path.join(self.logdir, "metrics.json")) as fh:
+                return json.load(fh)
+        rec = self.record()
+        return None if rec is None else rec["metrics"]
+
+    def portable(self) -> list[str]:
+        """The script and its flags without what depends on the machine (what a record is matched on)."""
+        dataset = self.args[self.args.index("--dataset") + 1] if "--dataset" in self.args else "omniglot"
+        return [self.script, *portable_command(self.args, DATA_ENV_VARS.get(dataset))]
+
+    def save_record(self) -> None:
+        """Write the record of this finished run from its folder (with Figure 3's curve for few-shot runs)."""
+        if not self.record_path or not self.has_folder_metrics:
+            return
+        extra: dict[str, Any] = {"shown": self.shown()}
+        if self.experiment == "table3":
+            steps, vals = _read_eval_curve(self.logdir)
+            extra["eval_curve"] = {"iterations": steps, "accuracy": vals}
+        write_record(self.record_path, self.portable(), self.metrics() or {}, **extra)
+
+    def eval_curve(self) -> tuple[list[int], list[float]]:
+        """The periodic evaluation's accuracy curve: from the run folder's events, else from the record."""
+        if os.path.isdir(self.logdir):
+            return _read_eval_curve(self.logdir)
+        curve = (self.record() or {}).get("eval_curve") or {}
+        return list(curve.get("iterations", [])), list(curve.get("accuracy", []))
 
     def command(self, nproc: int = 1) -> list[str]:
         launcher = (["torchrun", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else ["python"])
@@ -204,8 +243,8 @@ def table3_runs(scale: Scale, root: str, seeds: Sequence[int], data: dict[str, s
         tag = f"{dataset}-{ways}w{shots}s"
         if setting in scale.table3_settings:
             iters = scale.fewshot_iterations or FEWSHOT[setting]["iters"]
-            for m in scale.table3_methods:
-                for seed in seeds:
+            for seed in seeds:  # seed-major: a partial Table 3 compares methods on the same seeds
+                for m in scale.table3_methods:
                     runs.append(Run("table3", f"{tag}/{m}-s{seed}", "train_fewshot.py",
                                     _fewshot_args(setting, m, seed, iters, scale.fewshot_eval_tasks,
                                                   scale.fewshot_eval_interval, data[dataset]),
@@ -276,8 +315,10 @@ def execute(run: Run, log_dir: str, nproc: int, in_process: bool, device: str) -
                                   stderr=subprocess.STDOUT, cwd=REPO, env=env)
             err = None if proc.returncode == 0 else f"exit code {proc.returncode}"
         log.write(f"# finished in {time.perf_counter() - t0:.1f} s: {err or 'ok'}\n")
-    if err is None and not run.done:
+    if err is None and not run.has_folder_metrics:
         err = "the script ended without writing metrics.json"
+    if err is None:
+        run.save_record()
     return run, (None if err is None else f"{err}; log: {log_path}")
 
 
@@ -332,7 +373,10 @@ def _fmt(mean: float, half: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f}" + ("" if not math.isfinite(half) else f" ± {half:.{digits}f}")
 
 
-def summarise_table2(runs: list[Run]) -> list[dict[str, Any]]:
+def summarise_table2(runs: list[Run], archived: dict[tuple[str, str], dict[str, Any]] | None = None
+                     ) -> list[dict[str, Any]]:
+    """One row per step rule and method from the finished runs; a row with no finished run takes its archived
+    row (``archived``: numbers of a report whose runs left no records) when there is one."""
     rows = []
     for rule in ("tableau", "fixed"):
         for m in METHODS:
@@ -361,8 +405,25 @@ def summarise_table2(runs: list[Run]) -> list[dict[str, Any]]:
                 row["adapt_lr"] = ms[0].get("adapt_lr")
                 per_step = np.array([x["mse_per_step"] for x in ms], dtype=float)
                 row["mse_per_step"] = [float(v) for v in per_step.mean(0)]
+            elif archived and (rule, m) in archived:
+                row.update({k: (float("nan") if v is None else v) for k, v in archived[(rule, m)].items()},
+                           archived=True)
             rows.append(row)
     return rows
+
+
+#: file (under a scale's records) of Table 2 rows kept from a report whose runs left no records
+ARCHIVED_TABLE2 = "archived_rows.json"
+
+
+def load_archived_table2(folder: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """Archived Table 2 rows by ``(rule, method)``: ``{"source": "...", "rows": [{"rule", "method", ...}]}``."""
+    path = os.path.join(folder, ARCHIVED_TABLE2)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as fh:
+        data = json.load(fh)
+    return {(r["rule"], r["method"]): {**r, "source": data.get("source", "")} for r in data["rows"]}
 
 
 def table2_verdicts(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -456,9 +517,9 @@ def _read_eval_curve(logdir: str, tag_prefix: str = "eval/acc_") -> tuple[list[i
 def summarise_figure3(runs: list[Run]) -> dict[str, Any]:
     curves: dict[str, list[tuple[list[int], list[float]]]] = {}
     for r in runs:
-        if r.meta["setting"] != ("omniglot", 5, 1) or r.meta["probe"] or not os.path.isdir(r.logdir):
+        if r.meta["setting"] != ("omniglot", 5, 1) or r.meta["probe"] or not r.done:
             continue
-        steps, vals = _read_eval_curve(r.logdir)
+        steps, vals = r.eval_curve()
         if steps:
             curves.setdefault(r.meta["method"], []).append((steps, vals))
     out: dict[str, Any] = {}
@@ -472,21 +533,29 @@ def summarise_figure3(runs: list[Run]) -> dict[str, Any]:
     return out
 
 
-def summarise_figure5(runs: list[Run], scale: Scale, out_dir: str) -> dict[str, Any]:
-    """Evaluate every seed's finished runs with ``eval_nav.py`` (cached per seed) and average over seeds."""
+def summarise_figure5(runs: list[Run], scale: Scale, out_dir: str, cache_dir: str) -> dict[str, Any]:
+    """Evaluate every seed's finished runs with ``eval_nav.py`` and average over seeds. Each seed's evaluation is
+    kept in ``cache_dir`` (beside the runs' records) and reused while it covers the same runs; a seed whose run
+    folders are gone keeps its kept evaluation."""
     per_seed: dict[int, dict[str, Any]] = {}
     for seed in sorted({r.meta["seed"] for r in runs}):
         mine = [r for r in runs if r.meta["seed"] == seed and r.done]
         if not mine:
             continue
-        cache = os.path.join(out_dir, f"eval-s{seed}.json")
-        key = [r.logdir for r in mine]
+        cache = os.path.join(cache_dir, f"eval-s{seed}.json")
+        names = [r.name for r in mine]
+        cached: dict[str, Any] | None = None
         if os.path.isfile(cache):
             with open(cache) as fh:
                 cached = json.load(fh)
-            if cached.get("runs") == key and cached.get("tasks") == scale.nav_eval_tasks:
+            if cached.get("runs") == names and cached.get("tasks") == scale.nav_eval_tasks:
                 per_seed[seed] = cached
                 continue
+        if not all(r.has_folder_metrics for r in mine):  # cannot evaluate what is not on this machine
+            if cached is not None:
+                per_seed[seed] = cached
+            continue
+        key = [r.logdir for r in mine]
         argv = [*key, "--tasks", str(scale.nav_eval_tasks), "--traj", str(scale.nav_eval_traj),
                 "--out", os.path.join(out_dir, f"eval-s{seed}"),
                 "--labels", *[r.meta["method"] for r in mine]]
@@ -495,9 +564,8 @@ def summarise_figure5(runs: list[Run], scale: Scale, out_dir: str) -> dict[str, 
 
             with contextlib.redirect_stdout(null):
                 res = runpy.run_path(os.path.join(HERE, "eval_nav.py"), run_name="eval_nav")["main"](argv)
-        res = {"runs": key, "tasks": scale.nav_eval_tasks, "curves": res["curves"], "oracle": res["oracle"]}
-        with open(cache, "w") as fh:
-            json.dump(res, fh)
+        res = {"runs": names, "tasks": scale.nav_eval_tasks, "curves": res["curves"], "oracle": res["oracle"]}
+        write_json_atomic(cache, res)
         per_seed[seed] = res
     labels: list[str] = []
     for res in per_seed.values():
@@ -640,8 +708,14 @@ def _report_table2(sec: dict[str, Any]) -> list[str]:
         ten = _fmt(r["mse_10"], r["mse_10_half"])
         if r.get("mse_10_diverged_seeds"):
             ten += f" ({r['mse_10_diverged_seeds']}/{r['seeds']} seeds diverge)"
+        seeds = f"{r['seeds']}{' (archived)' if r.get('archived') else ''}"
         out.append(f"| {r['rule']} | {r['method']} | {r['paper']} | {_fmt(r['mse_1'], r['mse_1_half'])} | {ten} | "
-                   f"{r['mse_10_median']:.4f} | {r['seeds']} | {r['iterations']} | {r['seconds']:.1f} |")
+                   f"{r['mse_10_median']:.4f} | {seeds} | {r['iterations']} | {r['seconds']:.1f} |")
+    sources = sorted({r["source"] for r in rows if r.get("archived")})
+    if sources:
+        out += ["", "Rows marked *(archived)* have no per-run records: their runs finished before records were kept "
+                "and their run folders are gone, so their numbers are carried over as published (" +
+                "; ".join(sources) + "). Running their commands again replaces them with per-run records."]
     out += ["", "![Table 2](reproduction_table2.png)", "", "How each step rule matches the paper (methods whose "
             "paper value lies inside our interval; mean |log(ours / paper)|, smaller is closer):", "",
             "| step rule | inside, 1 step | inside, 10 steps | diverged at 10 steps | mean abs log ratio, 1 step | "
@@ -756,6 +830,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1, help="runs at once (each with --nproc processes)")
     p.add_argument("--out", default=os.path.join("runs", "reproduce"), help="root of the run folders")
     p.add_argument("--report", default=os.path.join("docs", "reproduction.md"), help="report file (Markdown)")
+    p.add_argument("--results", default=os.path.join(REPO, "results", "reproduce"),
+                   help="root of the runs' records (small JSON files to commit; the report is rebuilt from them)")
     p.add_argument("--omniglot-root", default=None, help="Omniglot folder (default: $RKMETA_OMNIGLOT, then the "
                    "project's data root; `python -m rkmeta_rl.data omniglot` downloads it)")
     p.add_argument("--miniimagenet-root", default=None, help="MiniImagenet folder (default $RKMETA_MINIIMAGENET)")
@@ -787,6 +863,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         groups["table3"] = table3_runs(scale, root, args.seeds, data)
     if "figure5" in args.only:
         groups["figure5"] = figure5_runs(scale, root, args.seeds)
+    records = os.path.join(args.results, args.scale)
+    for run in (r for g in groups.values() for r in g):
+        run.record_path = os.path.join(records, run.experiment, run.name + ".json")
+        if run.has_folder_metrics and run.record() is None:  # finished before records were kept
+            run.save_record()
     errors: list[str] = []
     if not args.report_only:
         order = [r for g in ("table2", "figure5", "table3") for r in groups.get(g, [])]
@@ -796,7 +877,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     os.makedirs(report_dir, exist_ok=True)
     sections: dict[str, Any] = {}
     if "table2" in args.only:
-        rows = summarise_table2(groups["table2"])
+        rows = summarise_table2(groups["table2"], load_archived_table2(os.path.join(records, "table2")))
         cmds = [r.shown() for r in groups["table2"] if r.meta["seed"] == args.seeds[0]]
         sections["table2"] = {"rows": rows, "verdicts": table2_verdicts(rows), "commands": cmds}
         plot_table2(rows, os.path.join(report_dir, "reproduction_table2.png"))
@@ -808,7 +889,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             plot_curves(sections["figure3"], "iterations", os.path.join(report_dir, "reproduction_figure3.png"),
                         "Omniglot 5-way 1-shot: test accuracy during training", "meta-iteration", "accuracy (%)")
     if "figure5" in args.only:
-        sections["figure5"] = summarise_figure5(groups["figure5"], scale, os.path.join(root, "figure5"))
+        sections["figure5"] = summarise_figure5(groups["figure5"], scale, os.path.join(root, "figure5"),
+                                                os.path.join(records, "figure5"))
         if sections["figure5"]["curves"]:
             plot_curves(sections["figure5"]["curves"], None, os.path.join(report_dir, "reproduction_figure5.png"),
                         "2D navigation: adaptation on fresh tasks", "number of gradient steps", "average return",

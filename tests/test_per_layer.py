@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -577,12 +578,25 @@ def test_study_statistics_and_resume_from_finished_runs(tmp_path) -> None:
             d = tmp_path / "runs" / "omniglot" / key / f"s{seed}"
             d.mkdir(parents=True)
             (d / "metrics.json").write_text(json.dumps({"accuracy": a}))
-    out = study.main(["--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"), "--seeds", "0", "1",
+    out = study.main(["--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
+                      "--results", str(tmp_path / "rec"), "--seeds", "0", "1",
                       "--benchmarks", "omniglot", "--variants", "midpoint", "anil", "--omniglot-root", str(tmp_path)])
     assert out["omniglot"]["anil"]["values"] == [0.7, 0.6]
     assert out["omniglot"]["midpoint"]["ci95"] == pytest.approx(12.706 * np.std([0.9, 0.8], ddof=1) / 2 ** 0.5)
     md = (tmp_path / "docs" / "per_layer_study.md").read_text()
     assert "| ANIL (midpoint, head adapted) | 0.65 ± " in md and (tmp_path / "docs" / "per_layer_study.png").is_file()
+    # every finished run left a record: with the run folders gone the table is the same, nothing is trained
+    assert (tmp_path / "rec" / "omniglot" / "anil" / "s1.json").is_file()
+    shutil.rmtree(tmp_path / "runs")
+    again = study.main(["--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs2"), "--results",
+                        str(tmp_path / "rec"), "--seeds", "0", "1", "--benchmarks", "omniglot", "--variants",
+                        "midpoint", "anil", "--omniglot-root", str(tmp_path), "--report-only"])
+    assert again["omniglot"] == out["omniglot"] and not (tmp_path / "runs").exists()
+    # a record of another configuration (here: other iterations) is not this run's
+    other = study.main(["--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs3"), "--results",
+                        str(tmp_path / "rec"), "--seeds", "0", "1", "--benchmarks", "omniglot", "--variants",
+                        "midpoint", "--omniglot-iterations", "7", "--omniglot-root", str(tmp_path), "--report-only"])
+    assert other["omniglot"] == {} and other["runs"]["finished"] == 0
     # the variants' flags: the head pattern per benchmark, ANIL's adapt as a comma list
     anil = next(v for v in study.VARIANTS if v.key == "anil")
     assert anil.flags("nav") == ["--method", "midpoint", "--adapt", "w2,b2,log_std"]
@@ -603,7 +617,8 @@ def test_study_runs_jobs_in_parallel_reports_failures_and_restarts_unfinished(tm
     stale = tmp_path / "runs" / "omniglot" / "ralston" / "s1"
     stale.mkdir(parents=True)
     (stale / "progress.csv").write_text("stopped before its first checkpoint")
-    out = study.main(["--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"), "--seeds", "0", "1",
+    out = study.main(["--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
+                      "--results", str(tmp_path / "rec"), "--seeds", "0", "1",
                       "--benchmarks", "omniglot", "--variants", "midpoint", "ralston", "head-midpoint_body-itb",
                       "--omniglot-root", str(tmp_path), "--jobs", "3"])
     assert out["omniglot"]["ralston"]["values"] == [0.5, 0.6]  # the stale folder was moved aside, then rerun
@@ -612,7 +627,8 @@ def test_study_runs_jobs_in_parallel_reports_failures_and_restarts_unfinished(tm
     assert len(out["runs"]["errors"]) == 2 and all("exit code 3" in e for e in out["runs"]["errors"])
     md = (tmp_path / "docs" / "per_layer_study.md").read_text()
     assert "head midpoint, body itb" not in md and "n = seeds finished of 2 planned" in md
-    again = study.main(["--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"), "--seeds", "0", "1",
+    again = study.main(["--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
+                      "--results", str(tmp_path / "rec"), "--seeds", "0", "1",
                         "--benchmarks", "omniglot", "--variants", "midpoint", "--omniglot-root", str(tmp_path),
                         "--report-only"])
     assert again["omniglot"]["midpoint"]["values"] == [0.5, 0.6] and again["runs"]["errors"] == []
@@ -622,7 +638,8 @@ def test_study_runs_jobs_in_parallel_reports_failures_and_restarts_unfinished(tm
 @pytest.mark.skipif(not os.path.isdir(OMNIGLOT_ROOT), reason="real Omniglot not found")
 def test_study_smoke(tmp_path) -> None:
     study = load_script("per_layer_study")
-    args = ["--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"), "--seeds", "0", "--variants",
+    args = ["--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
+                      "--results", str(tmp_path / "rec"), "--seeds", "0", "--variants",
             "head-midpoint_body-ralston", "--omniglot-iterations", "1", "--omniglot-meta-batch-size", "2",
             "--omniglot-eval-tasks", "4", "--nav-iterations", "1", "--nav-meta-batch-size", "2",
             "--nav-fast-batch-size", "2", "--omniglot-root", OMNIGLOT_ROOT]

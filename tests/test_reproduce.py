@@ -25,7 +25,8 @@ def _main():
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
     out = str(tmp_path_factory.mktemp("repro"))
     argv = ["--scale", "smoke", "--out", os.path.join(out, "runs"), "--report", os.path.join(out, "report.md"),
-            "--no-progress", "--miniimagenet-root", os.path.join(out, "no-such-folder")]
+            "--results", os.path.join(out, "results"), "--no-progress",
+            "--miniimagenet-root", os.path.join(out, "no-such-folder")]
     if os.path.isdir(OMNIGLOT_ROOT):
         argv += ["--omniglot-root", OMNIGLOT_ROOT]
     summary = _main()(argv)
@@ -58,11 +59,13 @@ def test_finished_runs_are_skipped_and_interrupted_runs_resume(smoke: tuple[str,
     out, _ = smoke
     run = os.path.join(out, "runs", "smoke", "table2-fixed", "ralston-s0")
     before = json.loads(_read(os.path.join(run, "metrics.json")))
-    os.remove(os.path.join(run, "metrics.json"))  # as if killed after its last checkpoint
+    os.remove(os.path.join(run, "metrics.json"))  # as if killed after its last checkpoint ...
+    os.remove(os.path.join(out, "results", "smoke", "table2", "fixed", "ralston-s0.json"))  # ... before its record
     log = os.path.join(out, "runs", "smoke", "logs", "table2-fixed-ralston-s0.log")
     size = os.path.getsize(log)
     summary = _main()(["--scale", "smoke", "--only", "table2", "--out", os.path.join(out, "runs"),
-                       "--report", os.path.join(out, "report2.md"), "--no-progress"])
+                       "--report", os.path.join(out, "report2.md"), "--results", os.path.join(out, "results"),
+                       "--no-progress"])
     assert summary["errors"] == [] and summary["finished_runs"] == 10
     after = json.loads(_read(os.path.join(run, "metrics.json")))
     assert after["iterations"] == before["iterations"]
@@ -79,3 +82,58 @@ def test_bad_flags_fail_before_any_work(tmp_path, capsys) -> None:
     assert "--only" in capsys.readouterr().err
     assert not os.listdir(tmp_path)
 
+
+
+def _table_rows(report: str, first: tuple[str, ...]) -> list[str]:
+    """The rows starting with ``first``, without their command cell (its --logdir is where runs were)."""
+    return [ln.split("`")[0] for ln in report.splitlines() if ln.startswith(first)]
+
+
+def test_the_report_is_rebuilt_from_the_records_alone(smoke: tuple[str, dict], tmp_path) -> None:
+    """Run folders gone (another machine): every finished run still counts, and the report's numbers are the same."""
+    import shutil
+
+    out, summary = smoke
+    results = os.path.join(out, "results", "smoke")
+    rec = json.loads(_read(os.path.join(results, "table2", "fixed", "midpoint-s0.json")))
+    assert rec["command"][0] == "train_sinusoid.py" and "--logdir" not in rec["command"]
+    assert rec["metrics"]["mse_per_step"] and rec["shown"].startswith("python scripts/train_sinusoid.py")
+    copy = str(tmp_path / "results")
+    shutil.copytree(os.path.join(out, "results"), copy)
+    argv = ["--scale", "smoke", "--out", str(tmp_path / "no-runs"), "--results", copy, "--no-progress",
+            "--miniimagenet-root", str(tmp_path / "none")]
+    if os.path.isdir(OMNIGLOT_ROOT):
+        argv += ["--omniglot-root", OMNIGLOT_ROOT]
+    again = _main()([*argv, "--report", str(tmp_path / "again.md"), "--report-only"])
+    assert again["finished_runs"] == summary["finished_runs"]
+    before, after = _read(os.path.join(out, "report.md")), _read(str(tmp_path / "again.md"))
+    for first in (("| tableau |", "| fixed |"), ("| euler |", "| midpoint |", "| random init |"),
+                  ("| omniglot 5-way 1-shot |",)):
+        assert _table_rows(after, first) == _table_rows(before, first)
+    assert not os.path.exists(tmp_path / "no-runs" / "smoke" / "table2-fixed")  # nothing was trained again
+    # a record made by another configuration is not this run's: that run is not finished
+    path = os.path.join(copy, "smoke", "table2", "tableau", "heun-s0.json")
+    rec = json.loads(_read(path))
+    rec["command"] = [a if a != "heun" else "itb" for a in rec["command"]]
+    with open(path, "w") as fh:
+        json.dump(rec, fh)
+    third = _main()([*argv, "--only", "table2", "--report", str(tmp_path / "third.md"), "--report-only"])
+    assert third["finished_runs"] == 9
+    assert "| tableau | heun | 0.19 | not run yet |" in _read(str(tmp_path / "third.md"))
+
+
+def test_archived_table2_rows_fill_rows_without_runs(tmp_path) -> None:
+    """A Table 2 row with no run takes its archived numbers, marked as such, with their source."""
+    folder = tmp_path / "results" / "smoke" / "table2"
+    folder.mkdir(parents=True)
+    row = {"rule": "fixed", "method": "heun", "mse_1": 0.328, "mse_1_half": 0.03, "mse_1_diverged_seeds": 0,
+           "mse_10": None, "mse_10_half": None, "mse_10_diverged_seeds": 2, "mse_10_median": 0.0427, "seeds": 3,
+           "iterations": 100000, "seconds": 909.7}
+    (folder / "archived_rows.json").write_text(json.dumps({"source": "an earlier report", "rows": [row]}))
+    summary = _main()(["--scale", "smoke", "--only", "table2", "--out", str(tmp_path / "runs"), "--results",
+                       str(tmp_path / "results"), "--report", str(tmp_path / "r.md"), "--report-only"])
+    assert summary["finished_runs"] == 0
+    report = _read(str(tmp_path / "r.md"))
+    assert ("| fixed | heun | 0.19 | 0.328 ± 0.030 | diverges (2/3 seeds diverge) | 0.0427 | 3 (archived) | 100000 "
+            "| 909.7 |") in report
+    assert "an earlier report" in report and "| fixed | ralston | 0.12 | not run yet |" in report

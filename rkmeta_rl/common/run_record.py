@@ -1,0 +1,71 @@
+"""Run records: a finished run's numbers in a small JSON file meant to be committed.
+
+A training run's folder (checkpoints, TensorBoard events, ``metrics.json``) is large and lives on the machine that
+ran it; studies and reproduction reports that take hours must not depend on it surviving. When a study finishes a
+run it writes a *record*: the run's portable command line (dataset folders given as their environment variable,
+no run folder, no interpreter path), its ``metrics.json`` and whatever else its report needs (an evaluation curve,
+say). A report is then rebuilt from the records alone, and a study that finds a record for a run with the same
+command counts the run as finished and does not train it again.
+
+Record file (JSON): ``{"command": [...], "metrics": {...}, "recorded": "ISO date", "host": "...", ...extra}``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from typing import Any, Sequence
+
+from rkmeta_rl.utils import write_json_atomic
+
+#: the dataset flag -> the environment variable a portable command names instead of the folder
+DATA_FLAGS = {"--data-root": "RKMETA_DATA_ROOT", "--omniglot-root": "RKMETA_OMNIGLOT",
+              "--miniimagenet-root": "RKMETA_MINIIMAGENET"}
+#: flags whose value is where a run is written, not what it computes
+PLACE_FLAGS = ("--logdir",)
+
+
+def portable_command(args: Sequence[str], data_env: str | None = None) -> list[str]:
+    """``args`` without what depends on the machine: a dataset folder becomes ``$VARIABLE`` (``data_env`` if
+    given, else the variable :data:`DATA_FLAGS` names) and ``--logdir PATH`` is dropped.
+
+    >>> portable_command(["--seed", "0", "--data-root", "/x/omniglot", "--logdir", "runs/a"], "RKMETA_OMNIGLOT")
+    ['--seed', '0', '--data-root', '$RKMETA_OMNIGLOT']
+    """
+    out: list[str] = []
+    it = iter(args)
+    for a in it:
+        name, eq, _ = a.partition("=")
+        if name in PLACE_FLAGS:
+            if not eq:
+                next(it, None)
+            continue
+        if name in DATA_FLAGS:
+            out += [name, f"${data_env or DATA_FLAGS[name]}"]
+            if not eq:
+                next(it, None)
+            continue
+        out.append(a)
+    return out
+
+
+def write_record(path: str, command: Sequence[str], metrics: dict[str, Any], **extra: Any) -> None:
+    """Write (atomically) the record of a finished run to ``path``."""
+    import torch
+
+    write_json_atomic(path, {
+        "command": list(command), "metrics": metrics,
+        "recorded": _dt.datetime.now().isoformat(timespec="seconds"),
+        "host": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}", **extra})
+
+
+def read_record(path: str, command: Sequence[str]) -> dict[str, Any] | None:
+    """The record at ``path`` if it exists and was made by the same portable ``command``, else None (a record of
+    another configuration does not count as this run)."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        record = json.load(fh)
+    return record if record.get("command") == list(command) else None
