@@ -829,9 +829,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun, data parallel)")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (each with --nproc processes)")
     p.add_argument("--out", default=os.path.join("runs", "reproduce"), help="root of the run folders")
-    p.add_argument("--report", default=os.path.join("docs", "reproduction.md"), help="report file (Markdown)")
-    p.add_argument("--results", default=os.path.join(REPO, "results", "reproduce"),
-                   help="root of the runs' records (small JSON files to commit; the report is rebuilt from them)")
+    p.add_argument("--report", default=None, help="report file (Markdown; default docs/reproduction.md, for the "
+                   "smoke scale <out>/smoke/reproduction.md so a trial run leaves the committed report alone)")
+    p.add_argument("--results", default=None,
+                   help="root of the runs' records (small JSON files to commit; the report is rebuilt from them; "
+                   "default results/reproduce in the checkout, for the smoke scale <out>/smoke/records)")
     p.add_argument("--omniglot-root", default=None, help="Omniglot folder (default: $RKMETA_OMNIGLOT, then the "
                    "project's data root; `python -m rkmeta_rl.data omniglot` downloads it)")
     p.add_argument("--miniimagenet-root", default=None, help="MiniImagenet folder (default $RKMETA_MINIIMAGENET)")
@@ -847,6 +849,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--nproc and --jobs must be >= 1")
     if args.seeds is None:
         args.seeds = [0] if args.scale == "smoke" else [0, 1, 2]
+    trial = args.scale == "smoke"  # a trial run: nothing it writes goes into docs/ or results/
+    if args.report is None:
+        args.report = (os.path.join(args.out, "smoke", "reproduction.md") if trial
+                       else os.path.join("docs", "reproduction.md"))
+    if args.results is None:
+        args.results = (os.path.join(args.out, "smoke", "records") if trial
+                        else os.path.join(REPO, "results", "reproduce"))
     return args
 
 

@@ -137,3 +137,13 @@ def test_archived_table2_rows_fill_rows_without_runs(tmp_path) -> None:
     assert ("| fixed | heun | 0.19 | 0.328 ± 0.030 | diverges (2/3 seeds diverge) | 0.0427 | 3 (archived) | 100000 "
             "| 909.7 |") in report
     assert "an earlier report" in report and "| fixed | ralston | 0.12 | not run yet |" in report
+
+
+def test_a_smoke_run_leaves_the_committed_report_and_records_alone(tmp_path) -> None:
+    ns = runpy.run_path(SCRIPT, run_name="reproduce")
+    smoke = ns["parse_args"](["--scale", "smoke", "--out", str(tmp_path)])
+    assert smoke.report == os.path.join(str(tmp_path), "smoke", "reproduction.md")
+    assert smoke.results == os.path.join(str(tmp_path), "smoke", "records")
+    cpu = ns["parse_args"](["--scale", "cpu", "--out", str(tmp_path)])
+    assert cpu.report == os.path.join("docs", "reproduction.md") and cpu.results == os.path.join(
+        ns["REPO"], "results", "reproduce")
