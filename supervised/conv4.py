@@ -12,8 +12,8 @@ per-channel scale and shift); at meta-test the query set is normalised with its 
 as in MAML). Under the engine's ``vmap`` path the statistics are per task.
 
 Batch norm is written from plain mean/var ops, NOT ``F.batch_norm``: under ``torch.func.vmap`` PyTorch's fused
-batch-norm backward gives wrong second-order gradients (https://github.com/pytorch/functorch/issues/534; measured 0.2-15 % off the
-meta-gradient). ``norm="fused"`` exists only to demonstrate that in the tests.
+batch-norm backward gives wrong second-order gradients (https://github.com/pytorch/functorch/issues/534;
+measured 0.2-15 % off the meta-gradient). ``norm="fused"`` exists only to demonstrate that in the tests.
 
 Parameters are a plain ``dict[str, Tensor]``::
 

@@ -117,7 +117,8 @@ def test_first_order_is_visibly_different() -> None:
 def test_fused_batch_norm_under_vmap() -> None:
     """F.batch_norm (training mode, no running statistics) under the vmap path.
 
-    https://github.com/pytorch/functorch/issues/534 reports a wrong batching rule for the fused batch-norm backward, and this project measured
+    https://github.com/pytorch/functorch/issues/534 reports a wrong batching rule for the fused batch-norm backward,
+    and this project measured
     0.2-15 % meta-gradient errors with it on earlier PyTorch versions; conv4 therefore writes batch norm from
     plain ops. MEASURED HERE (torch 2.13.0+cpu, float64, this problem and also 5-way 8-filter 28 px, two inner
     steps, and the max-pool variant): the fused version AGREES with finite differences (worst relative error 3.5e-8

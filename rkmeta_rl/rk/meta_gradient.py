@@ -31,10 +31,11 @@ Three paths:
 task-batched form and whose tasks are small, ``"loop"`` for other conv nets (:func:`choose_path`, with the
 measured figures).
 
-Caution (https://github.com/pytorch/functorch/issues/534): PyTorch's fused batch-norm / layer-norm backward has been reported to give
-wrong second-order gradients under ``vmap`` (0.2-15 % off). On torch 2.13 CPU we measured ``F.batch_norm``
-correct (``tests/test_conv4.py``), but other versions and devices differ: models meant for the vmap path should
-write normalisation from plain mean/var ops, as the bundled conv4 does, and be checked by finite differences.
+Caution (https://github.com/pytorch/functorch/issues/534): PyTorch's fused batch-norm / layer-norm backward has
+been reported to give wrong second-order gradients under ``vmap`` (0.2-15 % off). On torch 2.13 CPU we measured
+``F.batch_norm`` correct (``tests/test_conv4.py``), but other versions and devices differ: models meant for the
+vmap path should write normalisation from plain mean/var ops, as the bundled conv4 does, and be checked by finite
+differences.
 """
 
 from __future__ import annotations
