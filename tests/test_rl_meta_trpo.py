@@ -124,7 +124,7 @@ def textbook_trpo_step(old: torch.Tensor, j_and_kl: Callable[[torch.Tensor], tup
     for k in range(15):
         cand = (old - 0.8 ** k * step).requires_grad_(True)
         j_new, kl_new = j_and_kl(cand)
-        if j_new.item() < j.item() and kl_new.item() <= max_kl:
+        if j_new.item() < j.item() and kl_new.item() <= max_kl * (1 + 1e-9):
             return cand.detach(), j.item() - j_new.item()
     return old, 0.0
 

@@ -110,6 +110,12 @@ class TRPOStats:
     grad_norm: float
 
 
+#: The full step is scaled so that its quadratic KL estimate is exactly ``max_kl``; where the measured KL is that
+#: same quadratic (a linear model, a test), float rounding alone can put it an ulp above. The line search accepts
+#: ``KL <= max_kl * KL_ROUNDING`` so that rounding never rejects the full step.
+KL_ROUNDING = 1.0 + 1e-9
+
+
 def trpo_update(
     theta: torch.Tensor,
     grad: torch.Tensor,
@@ -149,7 +155,7 @@ def trpo_update(
     for k in range(ls_max_steps):
         cand = theta - frac * full_step
         loss, kl = evaluate(cand)
-        if loss < loss_before and kl <= max_kl:
+        if loss < loss_before and kl <= max_kl * KL_ROUNDING:
             return cand, TRPOStats(loss_before, loss, loss_before - loss, kl, k + 1, True, frac, residual, grad_norm)
         frac *= backtrack_ratio
     return theta.clone(), TRPOStats(loss_before, loss_before, 0.0, 0.0, ls_max_steps, False, 0.0, residual,
