@@ -674,7 +674,10 @@ def write_report(path: str, scale_name: str, seeds: Sequence[int], sections: dic
         "for three); for a single run the 95 % interval over its test tasks.",
         "",
         f"**Runs finished: {progress[0]} of the {progress[1]} this scale plans.** Rows show how many seeds they "
-        "hold; the same command continues the rest (finished runs are skipped).",
+        "hold; the same command continues the rest (finished runs are skipped)."
+        + (f" {archived} of the unfinished runs are Table 2 runs whose rows are archived (see there)."
+           if (archived := sum(r["seeds"] for r in sections.get("table2", {}).get("rows", []) if r.get("archived")))
+           else ""),
         "",
     ]
     if "table2" in sections:
