@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
-from rkmeta_rl.common.run_record import portable_command, read_record, write_record
+from rkmeta_rl.common import run_record
 from rkmeta_rl.stats import mean_interval as _t_interval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,23 +111,14 @@ def _where(benchmark: str, variant: Variant, seed: int, args: argparse.Namespace
     """``(run folder, record file, portable command)`` of one run."""
     logdir = os.path.join(args.out, benchmark, variant.key, f"s{seed}")
     cmd = run_command(benchmark, variant, seed, logdir, args)
-    portable = [os.path.basename(cmd[1]), *portable_command(cmd[2:], "RKMETA_OMNIGLOT")]
+    portable = [os.path.basename(cmd[1]), *run_record.portable_command(cmd[2:], "RKMETA_OMNIGLOT")]
     return logdir, os.path.join(args.results, benchmark, variant.key, f"s{seed}.json"), portable
 
 
 def finished_metrics(benchmark: str, variant: Variant, seed: int, args: argparse.Namespace) -> dict | None:
     """A finished run's ``metrics.json``: from its folder (recording it when it has no record yet), else from its
     record; None when the run has not finished."""
-    logdir, record, portable = _where(benchmark, variant, seed, args)
-    path = os.path.join(logdir, "metrics.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            metrics = json.load(f)
-        if read_record(record, portable) is None:
-            write_record(record, portable, metrics)
-        return metrics
-    rec = read_record(record, portable)
-    return None if rec is None else rec["metrics"]
+    return run_record.finished_metrics(*_where(benchmark, variant, seed, args))
 
 
 def _run_one(benchmark: str, variant: Variant, seed: int, args: argparse.Namespace) -> str | None:

@@ -53,7 +53,7 @@ REPO = os.path.dirname(HERE)
 if REPO not in sys.path:  # `python scripts/reproduce.py` from a checkout without an install still finds the package
     sys.path.insert(0, REPO)
 
-from rkmeta_rl.common.run_record import portable_command, read_record, write_record  # noqa: E402
+from rkmeta_rl.common.run_record import finished_metrics, portable_command, read_record  # noqa: E402
 from rkmeta_rl.stats import mean_interval  # noqa: E402
 from rkmeta_rl.utils import write_json_atomic  # noqa: E402
 
@@ -144,30 +144,25 @@ class Run:
 
     @property
     def done(self) -> bool:
-        return self.has_folder_metrics or self.record() is not None
+        return self.metrics() is not None
 
     def metrics(self) -> dict[str, Any] | None:
-        """``metrics.json`` from the run folder, else from the run's record; None when not finished."""
-        if self.has_folder_metrics:
-            with open(os.path.join(self.logdir, "metrics.json")) as fh:
-                return json.load(fh)
-        rec = self.record()
-        return None if rec is None else rec["metrics"]
+        """``metrics.json`` from the run folder (recording it when it has no record yet), else from the run's
+        record; None when not finished."""
+        return finished_metrics(self.logdir, self.record_path, self.portable(), self._record_extra)
 
     def portable(self) -> list[str]:
         """The script and its flags without what depends on the machine (what a record is matched on)."""
         dataset = self.args[self.args.index("--dataset") + 1] if "--dataset" in self.args else "omniglot"
         return [self.script, *portable_command(self.args, DATA_ENV_VARS.get(dataset))]
 
-    def save_record(self) -> None:
-        """Write the record of this finished run from its folder (with Figure 3's curve for few-shot runs)."""
-        if not self.record_path or not self.has_folder_metrics:
-            return
+    def _record_extra(self) -> dict[str, Any]:
+        """What the record holds besides the metrics: the shown command, Figure 3's curve for few-shot runs."""
         extra: dict[str, Any] = {"shown": self.shown()}
         if self.experiment == "table3":
             steps, vals = _read_eval_curve(self.logdir)
             extra["eval_curve"] = {"iterations": steps, "accuracy": vals}
-        write_record(self.record_path, self.portable(), self.metrics() or {}, **extra)
+        return extra
 
     def eval_curve(self) -> tuple[list[int], list[float]]:
         """The periodic evaluation's accuracy curve: from the run folder's events, else from the record."""
@@ -318,7 +313,7 @@ def execute(run: Run, log_dir: str, nproc: int, in_process: bool, device: str) -
     if err is None and not run.has_folder_metrics:
         err = "the script ended without writing metrics.json"
     if err is None:
-        run.save_record()
+        run.metrics()  # writes its record
     return run, (None if err is None else f"{err}; log: {log_path}")
 
 
@@ -878,8 +873,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     records = os.path.join(args.results, args.scale)
     for run in (r for g in groups.values() for r in g):
         run.record_path = os.path.join(records, run.experiment, run.name + ".json")
-        if run.has_folder_metrics and run.record() is None:  # finished before records were kept
-            run.save_record()
+        run.metrics()  # a run that finished before records were kept gets its record
     errors: list[str] = []
     if not args.report_only:
         order = [r for g in ("table2", "figure5", "table3") for r in groups.get(g, [])]

@@ -16,13 +16,14 @@ import datetime as _dt
 import json
 import os
 import platform
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from rkmeta_rl.utils import write_json_atomic
 
-#: the dataset flag -> the environment variable a portable command names instead of the folder
-DATA_FLAGS = {"--data-root": "RKMETA_DATA_ROOT", "--omniglot-root": "RKMETA_OMNIGLOT",
-              "--miniimagenet-root": "RKMETA_MINIIMAGENET"}
+#: the dataset flag -> the environment variable a portable command names instead of the folder (``--data-root``
+#: names either dataset's folder: its caller says which variable)
+DATA_FLAGS: dict[str, str | None] = {"--data-root": None, "--omniglot-root": "RKMETA_OMNIGLOT",
+                                     "--miniimagenet-root": "RKMETA_MINIIMAGENET"}
 #: flags whose value is where a run is written, not what it computes
 PLACE_FLAGS = ("--logdir",)
 
@@ -43,7 +44,10 @@ def portable_command(args: Sequence[str], data_env: str | None = None) -> list[s
                 next(it, None)
             continue
         if name in DATA_FLAGS:
-            out += [name, f"${data_env or DATA_FLAGS[name]}"]
+            env = data_env or DATA_FLAGS[name]
+            if env is None:
+                raise ValueError(f"portable_command: {name} needs data_env, the variable that names its folder")
+            out += [name, f"${env}"]
             if not eq:
                 next(it, None)
             continue
@@ -69,3 +73,21 @@ def read_record(path: str, command: Sequence[str]) -> dict[str, Any] | None:
     with open(path) as fh:
         record = json.load(fh)
     return record if record.get("command") == list(command) else None
+
+
+def finished_metrics(logdir: str, record_path: str, command: Sequence[str],
+                     extra: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """A run's ``metrics.json``: from its folder ``logdir`` when there (writing its record first if it has none
+    yet, with ``extra()`` added), else from its record; None when the run has not finished.
+
+    ``record_path`` empty: the folder alone counts (no record is read or written).
+    """
+    path = os.path.join(logdir, "metrics.json")
+    if os.path.isfile(path):
+        with open(path) as fh:
+            metrics = json.load(fh)
+        if record_path and read_record(record_path, command) is None:
+            write_record(record_path, command, metrics, **(extra() if extra is not None else {}))
+        return metrics
+    rec = read_record(record_path, command) if record_path else None
+    return None if rec is None else rec["metrics"]
