@@ -165,3 +165,31 @@ def test_fvp_task_chunks_do_not_matter(method: str, kw: dict) -> None:
     v = _vec(prep.theta.numel(), 5)
     torch.testing.assert_close(one_each(v), whole(v), rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(prep.fvp(v), whole(v), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("method,kw", [("ralston", {}), ("heun", {"inner_steps": 2}),
+                                       ("ralston", {"fvp_subsample": 0.5})])
+def test_shared_d0_product_equals_general_form(activation: str, method: str, kw: dict,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast form (``a1 F0`` sharing the first inner step's Jacobian-vector product and backward pass) against
+    the general one (``a1 F0`` and ``J^T F1 J`` each on its own), the same D0 cache held as two objects."""
+    from rkmeta_rl.rl import fisher
+
+    _, step, train, valid, prep = _setup(activation, method, kw, "gauss_newton")
+    fast = step.gauss_newton_fvp(train, valid, prep.old, step.fvp_stride)
+    assert fast.d0 is fast.inner[0] and fast.chunks[0][1] is fast.chunks[0][2][0]
+    plain = fisher.GaussNewtonFVP(fast.like, fast.a1, fast.a2, fast.alpha, fast.d0.chunk(slice(None)),
+                                  fast.inner, fast.d1)
+    calls = {"shared": 0}
+    shared = fisher.GaussNewtonFVP._chunk_shared_d0
+
+    def counting(*args, **kwargs):
+        calls["shared"] += 1
+        return shared(*args, **kwargs)
+
+    monkeypatch.setattr(fisher.GaussNewtonFVP, "_chunk_shared_d0", counting)
+    for seed in range(3):
+        v = _vec(prep.theta.numel(), seed)
+        torch.testing.assert_close(fast(v), plain(v), rtol=1e-12, atol=1e-14)
+    assert calls["shared"] == 3 * len(fast.chunks)  # the fast form ran, the plain one never
