@@ -48,3 +48,27 @@ def test_per_task_parameters_equal_loop() -> None:
 def test_bad_activation() -> None:
     with pytest.raises(ValueError):
         GaussianMLPPolicy(2, 2, activation="gelu")
+
+
+@pytest.mark.parametrize("out,inp", [(2, 100), (100, 2), (64, 64), (8, 9), (9, 8)])
+@pytest.mark.parametrize("extra", [False, True])
+def test_per_task_linear_both_forms_equal_plain_product(out: int, inp: int, extra: bool) -> None:
+    """``h w^T + b (+ h2 w2^T)`` per task: the transposed form for narrow outputs and the direct one agree with
+    an explicit float64 sum (and therefore with each other), as values, not layouts."""
+    from rkmeta_rl.rl import policy as policy_module
+    from rkmeta_rl.rl.policy import per_task_linear
+
+    g = torch.Generator().manual_seed(0)
+    t, n = 3, 7
+    h, h2 = torch.randn(t, n, inp, generator=g, dtype=torch.float64), torch.randn(t, n, inp, generator=g,
+                                                                                 dtype=torch.float64)
+    w, w2 = torch.randn(t, out, inp, generator=g, dtype=torch.float64), torch.randn(t, out, inp, generator=g,
+                                                                                   dtype=torch.float64)
+    b = torch.randn(t, out, generator=g, dtype=torch.float64)
+    want = torch.einsum("tni,toi->tno", h, w) + b[:, None, :]
+    if extra:
+        want = want + torch.einsum("tni,toi->tno", h2, w2)
+    transposed = out <= policy_module.NARROW_OUTPUT < inp
+    got = per_task_linear(h, w, b, (h2, w2) if extra else None)
+    assert got.shape == (t, n, out) and got.is_contiguous() == (not transposed)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -30,7 +30,7 @@ import torch
 
 from ..rk.inner_step import StepSizes, inner_step, uniform_step
 from .episodes import FlatBatch
-from .policy import GaussianMLPPolicy, Params, per_task
+from .policy import GaussianMLPPolicy, Params, per_task, per_task_linear
 from .stage_weights import PerParam, scale
 from .trpo import flatten, unflatten
 
@@ -95,7 +95,7 @@ class MLPCache:
         self.dact: list[torch.Tensor] = []                   # act'(z_i), hidden layers
         one = torch.ones((), dtype=h.dtype, device=h.device)
         for i in range(n):
-            z = torch.baddbmm(bs[i].unsqueeze(1), h, _bt(self.ws[i]))
+            z = per_task_linear(h, self.ws[i], bs[i])
             if i < n - 1:
                 if tanh:
                     h = torch.tanh(z)
@@ -152,9 +152,7 @@ class MLPCache:
         dhs: list[torch.Tensor] = []
         dh = None
         for i in range(self.num_layers):
-            dz = torch.baddbmm(v[f"b{i}"].unsqueeze(1), self.hs[i], _bt(v[f"w{i}"]))
-            if dh is not None:
-                dz.baddbmm_(dh, _bt(self.ws[i]))  # in place: no copy of dz
+            dz = per_task_linear(self.hs[i], v[f"w{i}"], v[f"b{i}"], None if dh is None else (dh, self.ws[i]))
             if i < self.num_layers - 1:
                 dh = self.dact[i] * dz
                 dhs.append(dh)

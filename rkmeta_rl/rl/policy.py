@@ -31,8 +31,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-__all__ = ["GaussianMLPPolicy", "Params", "ACTIVATIONS", "per_task", "is_per_task", "gaussian_log_prob",
-           "gaussian_kl"]
+__all__ = ["GaussianMLPPolicy", "Params", "ACTIVATIONS", "per_task", "is_per_task", "per_task_linear",
+           "gaussian_log_prob", "gaussian_kl"]
 
 Params = dict[str, torch.Tensor]
 
@@ -57,6 +57,30 @@ def gaussian_kl(mu_old: torch.Tensor, ls_old: torch.Tensor, mu: torch.Tensor, ls
     var_ratio = torch.exp(2.0 * (ls_old - ls))
     d = (mu_old - mu) * torch.exp(-ls)
     return (ls - ls_old + 0.5 * (var_ratio + d * d) - 0.5).sum(-1)
+
+
+#: a layer with at most this many outputs (and more inputs) is computed transposed, ``(W h^T)^T``: a batched product
+#: whose result is narrow runs several times faster with the long dimension as its columns (measured on one core: a
+#: 100-to-2 layer over 10 tasks x 400 rows, its value and a second product accumulated, 0.30 ms as ``h W^T``, 0.13
+#: ms transposed)
+NARROW_OUTPUT = 8
+
+
+def per_task_linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+                    extra: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Per-task affine map ``h w^T + b`` (``+ h2 w2^T`` with ``extra = (h2, w2)``, accumulated in place).
+
+    Shapes: ``h, h2 [T, N, in]``, ``w, w2 [T, out, in]``, ``b [T, out]`` -> ``[T, N, out]`` (a transposed view
+    when ``out <= NARROW_OUTPUT < in``)."""
+    if w.shape[1] <= NARROW_OUTPUT < w.shape[2]:
+        zt = torch.baddbmm(b.unsqueeze(-1), w, h.transpose(1, 2))
+        if extra is not None:
+            zt.baddbmm_(extra[1], extra[0].transpose(1, 2))
+        return zt.transpose(1, 2)
+    z = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+    if extra is not None:
+        z.baddbmm_(extra[0], extra[1].transpose(1, 2))
+    return z
 
 
 def is_per_task(params: Mapping[str, torch.Tensor]) -> bool:
@@ -153,7 +177,7 @@ class GaussianMLPPolicy(nn.Module):
             t = obs.shape[0]
             h = obs.reshape(t, -1, obs.shape[-1])
             for i in range(self.num_layers):
-                h = torch.baddbmm(params[f"b{i}"].unsqueeze(1), h, params[f"w{i}"].transpose(1, 2))
+                h = per_task_linear(h, params[f"w{i}"], params[f"b{i}"])
                 if i < self.num_layers - 1:
                     h = self._act(h)
             return h.reshape(*obs.shape[:-1], self.act_dim)
