@@ -1,18 +1,24 @@
 #!/usr/bin/env python
-"""Benchmark: seconds per 2D-navigation meta-iteration on the reference setting, one torch thread.
+"""Benchmark: seconds per 2D-navigation meta-iteration, one torch thread.
 
-One meta-iteration = sample 20 tasks, D0 (20 trajectories x horizon 100 per task), the inner REINFORCE step,
+One meta-iteration = sample the tasks, D0 (20 trajectories x horizon 100 per task), the inner REINFORCE step,
 D1 with the adapted policies, and the TRPO meta-update (gradient through the inner step, conjugate gradient
 on the Fisher-vector product, line search): ``MetaTRPO.train_iteration``. Two variants are timed,
 interleaved iteration by iteration in one process: ``fvp_subsample=0.2`` (the ``train_nav.py`` default) and
 ``1.0`` (the Fisher-vector product on every step, as the reference implementation does).
 
-    python scripts/bench_nav.py [--iters 8] [--method midpoint]
+``--config reference`` (default): the widely used PyTorch MAML-RL code's setting, 20 tasks, 2x64 tanh, inner rate
+0.1, midpoint. ``--config seed``: the README's main command (``train_nav.py --method ralston``: 40 tasks, 2x100
+ReLU, inner rate 0.16; give ``--method ralston``), so its per-iteration time can be followed in
+hardware-normalised units whatever the machine's speed at the moment.
+
+    python scripts/bench_nav.py [--iters 8] [--method midpoint] [--config reference]
 
 Last line: JSON with ``seconds_per_iteration`` (the default variant), ``seconds_per_iteration_exact_fvp``,
-``env_steps_per_second``, the sampling / update split, the time of one forward pass of the dominant 64x64 layer
-over D0 and D1 at the measured matmul speed (``seconds_per_64x64_pass_over_d0_d1``), and every time in units of
-that pass (``passes_equivalent``: seconds per iteration / seconds per pass; a load on the core slows both).
+``env_steps_per_second``, the sampling / update split, the time of one forward pass of the dominant hidden x
+hidden layer over D0 and D1 at the measured matmul speed (``seconds_per_64x64_pass_over_d0_d1`` for the reference
+setting, ``seconds_per_100x100_pass_over_d0_d1`` for the seed setting), and every time in units of that pass
+(``passes_equivalent``: seconds per iteration / seconds per pass; a load on the core slows both).
 """
 
 from __future__ import annotations
@@ -26,12 +32,22 @@ import time
 import torch
 
 from rkmeta_rl.common.allocator import retain_freed_memory
+from rkmeta_rl.presets import NAV
 from rkmeta_rl.rl.algorithm import REFERENCE_NAV_KWARGS, MetaTRPO
 
 
-def make(method: str, fvp: float, seed: int) -> MetaTRPO:
+def setting(config: str) -> dict:
+    """The ``MetaTRPO`` keywords of ``--config`` (without method, subsample and seed)."""
+    if config == "reference":
+        return dict(REFERENCE_NAV_KWARGS)
+    c = NAV[config]
+    return {"inner_lr": c.inner_lr, "meta_batch_size": c.meta_batch_size, "fast_batch_size": c.fast_batch_size,
+            "policy_kwargs": dict(c.policy_kwargs)}
+
+
+def make(method: str, fvp: float, seed: int, config: str = "reference") -> MetaTRPO:
     return MetaTRPO("MlpPolicy", "rkmeta/Navigation2D-v0", method=method, fvp_subsample=fvp, seed=seed,
-                    device="cpu", **REFERENCE_NAV_KWARGS)
+                    device="cpu", **setting(config))
 
 
 def matmul_gflops(n: int = 40_000, k: int = 64, reps: int = 20) -> float:
@@ -50,10 +66,15 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--method", default="midpoint")
+    p.add_argument("--config", choices=("reference", "seed"), default="reference",
+                   help="the reference setting (default) or the README main command's (seed)")
     args = p.parse_args()
     torch.set_num_threads(1)
     retain_freed_memory()  # as the training commands do
-    models = {"default": make(args.method, 0.2, 0), "exact_fvp": make(args.method, 1.0, 0)}
+    models = {"default": make(args.method, 0.2, 0, args.config), "exact_fvp": make(args.method, 1.0, 0, args.config)}
+    pol = models["default"].policy
+    width = max(pol.hidden_sizes)
+    tasks, traj = models["default"].config.meta_batch_size, models["default"].config.fast_batch_size
     times: dict[str, list[dict[str, float]]] = {k: [] for k in models}
     rates: list[float] = []
     for i in range(args.warmup + args.iters):
@@ -65,17 +86,20 @@ def main() -> None:
                 times[name].append({"wall": wall, "sample": st["time/sample_seconds"],
                                     "update": st["time/update_seconds"]})
         if i >= args.warmup:  # the calibration, interleaved with the iterations it normalises
-            rates.append(matmul_gflops())
+            rates.append(matmul_gflops(k=width))
         print(f"iteration {i + 1}: " + ", ".join(f"{k} {v[-1]['wall']:.2f}s" for k, v in times.items() if v),
               flush=True)
     med = {k: {f: statistics.median(x[f] for x in v) for f in ("wall", "sample", "update")} for k, v in times.items()}
     m = models["default"]
     steps = m.num_timesteps / m.num_iterations
     gflops = statistics.median(rates)
-    # one forward of the dominant 64x64 layer over D0 + D1: the update needs dozens of these
-    floor_pass = 2 * 2 * 20 * 20 * 100 * 64 * 64 / (gflops * 1e9)
+    # one forward of the dominant hidden x hidden layer over D0 + D1: the update needs dozens of these
+    floor_pass = 2 * 2 * tasks * traj * m.sampler.horizon * width * width / (gflops * 1e9)
+    hidden = "x".join(str(h) for h in pol.hidden_sizes)
     out = {
-        "setting": "2D navigation reference: 20 tasks x 20 traj x 100 steps, 2x64 tanh, inner lr 0.1, 1 thread",
+        "setting": f"2D navigation {args.config}: {tasks} tasks x {traj} traj x {m.sampler.horizon} steps, "
+                   f"{hidden} {pol.activation}, inner lr {m.config.inner_lr}, 1 thread",
+        "config": args.config,
         "method": args.method,
         "seconds_per_iteration": round(med["default"]["wall"], 3),
         "seconds_per_iteration_exact_fvp": round(med["exact_fvp"]["wall"], 3),
@@ -85,16 +109,17 @@ def main() -> None:
         "env_steps_per_iteration": int(steps),
         "env_steps_per_second": round(steps / med["default"]["wall"], 1),
         "matmul_gflops_1_thread": round(gflops, 1),
-        "seconds_per_64x64_pass_over_d0_d1": round(floor_pass, 4),
+        f"seconds_per_{width}x{width}_pass_over_d0_d1": round(floor_pass, 4),
         # hardware-normalised cost: the iteration in units of that pass (load on the core scales both)
         "passes_equivalent": round(med["default"]["wall"] / floor_pass, 1),
         "passes_equivalent_exact_fvp": round(med["exact_fvp"]["wall"] / floor_pass, 1),
         "update_passes_equivalent": round(med["default"]["update"] / floor_pass, 1),
         "sample_passes_equivalent": round(med["default"]["sample"] / floor_pass, 1),
-        "reference_implementation_seconds_per_iteration": 4.7,
-        "speedup_vs_reference": round(4.7 / med["default"]["wall"], 2),
         "torch": torch.__version__, "machine": platform.machine(),
     }
+    if args.config == "reference":  # the reference implementation, timed on this kind of machine, quiet
+        out["reference_implementation_seconds_per_iteration"] = 4.7
+        out["speedup_vs_reference"] = round(4.7 / med["default"]["wall"], 2)
     print(json.dumps(out))
 
 
