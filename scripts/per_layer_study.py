@@ -18,7 +18,9 @@ stopped; a failed run is reported and the others go on. Each finished run leaves
 meant to be committed): a run with a record is finished even where its folder is gone, and the table is rebuilt
 from the records. ``--report-only`` writes the table from finished runs.
 The table (mean and a Student-t 95% interval over seeds) and the plot go to ``--docs`` (``per_layer_study.md``,
-``per_layer_study.png``). The score is Omniglot's test accuracy after the test steps on fresh episodes, and
+``per_layer_study.png``). ``--step-rule fixed`` (every group steps the same inner rate, which separates the body's
+stage weights from its inner step size) keeps its own records and files (``results/per_layer_fixed/``,
+``per_layer_study_fixed.*``). The score is Omniglot's test accuracy after the test steps on fresh episodes, and
 navigation's post-adaptation return (mean of the last 10 iterations).
 
     python scripts/per_layer_study.py --out runs/per_layer --seeds 0 1 2 --omniglot-iterations 300 \\
@@ -93,13 +95,25 @@ def run_command(benchmark: str, variant: Variant, seed: int, logdir: str, args: 
                 "--test-inner-steps", "3", "--iterations", str(args.omniglot_iterations), "--seed", str(seed),
                 "--data-root", args.omniglot_root, "--eval-tasks", str(args.omniglot_eval_tasks),
                 "--eval-interval", "0", "--checkpoint-interval", str(max(1, min(100, args.omniglot_iterations))),
-                "--device", "cpu", "--threads", str(args.threads), "--logdir", logdir, "--no-progress"]
+                "--device", "cpu", "--threads", str(args.threads), "--logdir", logdir, "--no-progress",
+                *_rule_flags(args)]
     return [sys.executable, os.path.join(ROOT, "scripts", "train_nav.py"), "--config", "reference",
-            *variant.flags(benchmark), "--iterations", str(args.nav_iterations),
+            *variant.flags(benchmark), *_rule_flags(args), "--iterations", str(args.nav_iterations),
             "--meta-batch-size", str(args.nav_meta_batch_size), "--fast-batch-size", str(args.nav_fast_batch_size),
             "--seed", str(seed), "--figure-interval", "0",
             "--checkpoint-interval", str(max(1, min(10, args.nav_iterations))),
             "--device", "cpu", "--threads", str(args.threads), "--logdir", logdir, "--no-progress"]
+
+
+def _rule_flags(args: argparse.Namespace) -> list[str]:
+    """``--step-rule fixed`` when the study runs under it; nothing for the scripts' default ``tableau`` (so the
+    commands, and the records that name them, of the tableau-rule study are unchanged)."""
+    return ["--step-rule", args.step_rule] if args.step_rule != "tableau" else []
+
+
+def study_name(args: argparse.Namespace) -> str:
+    """The file stem of the table and the plot: ``per_layer_study`` (tableau rule) or ``per_layer_study_fixed``."""
+    return "per_layer_study" + ("" if args.step_rule == "tableau" else f"_{args.step_rule}")
 
 
 def score(benchmark: str, metrics: dict) -> float:
@@ -218,8 +232,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder of the runs (one per benchmark x variant x seed)")
     p.add_argument("--docs", default=os.path.join(ROOT, "docs"), help="where the table and the plot go")
-    p.add_argument("--results", default=os.path.join(ROOT, "results", "per_layer"),
-                   help="where each finished run's record goes (small JSON files to commit)")
+    p.add_argument("--results", default=None,
+                   help="where each finished run's record goes (small JSON files to commit; default "
+                        "results/per_layer, results/per_layer_fixed under --step-rule fixed)")
+    p.add_argument("--step-rule", choices=("tableau", "fixed"), default="tableau",
+                   help="the inner step sizes (docs/method.md): tableau (default: a group on method m steps "
+                        "2 q21 alpha, e.g. ralston 4/3 alpha, so the body's a1 comes with a larger step) or fixed "
+                        "(every group steps alpha: the stage weights alone differ between the variants); records "
+                        "and the table of the fixed rule go to their own files")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--benchmarks", nargs="+", choices=("omniglot", "nav"), default=["omniglot", "nav"])
     p.add_argument("--variants", nargs="+", choices=[v.key for v in VARIANTS], default=None,
@@ -236,6 +256,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1, help="runs at once (e.g. the machine's cores / --threads)")
     p.add_argument("--report-only", action="store_true", help="write the table and plot from finished runs")
     args = p.parse_args(argv)
+    if args.results is None:
+        args.results = os.path.join(ROOT, "results", "per_layer" + ("" if args.step_rule == "tableau" else
+                                                                    f"_{args.step_rule}"))
     for name in ("omniglot_iterations", "omniglot_meta_batch_size", "omniglot_eval_tasks", "nav_iterations",
                  "nav_meta_batch_size", "nav_fast_batch_size", "threads", "jobs"):
         if getattr(args, name) < 1:
@@ -259,12 +282,13 @@ def main(argv: list[str] | None = None) -> dict:
     planned = len(args.seeds) * len([v for v in VARIANTS if not args.variants or v.key in args.variants])
     md = table(results, args)
     os.makedirs(args.docs, exist_ok=True)
-    with open(os.path.join(args.docs, "per_layer_study.md"), "w") as f:
-        f.write("# Per-layer RK methods: study results\n\nMean and Student-t 95% interval over seeds "
+    rule = "" if args.step_rule == "tableau" else f" ({args.step_rule} step rule)"
+    with open(os.path.join(args.docs, study_name(args) + ".md"), "w") as f:
+        f.write(f"# Per-layer RK methods: study results{rule}\n\nMean and Student-t 95% interval over seeds "
                 f"{args.seeds} (n = seeds finished of {len(args.seeds)} planned).\n\n{md}\n\nCommand:\n\n"
                 "    python scripts/per_layer_study.py "
                 + " ".join(a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only") + "\n")
-    plot(results, os.path.join(args.docs, "per_layer_study.png"))
+    plot(results, os.path.join(args.docs, study_name(args) + ".png"))
     print(md)
     summary: dict = {b: {k: dict(zip(("mean", "ci95"), mean_interval(v))) | {"values": v} for k, v in r.items()}
                      for b, r in results.items()}

@@ -648,3 +648,32 @@ def test_study_smoke(tmp_path) -> None:
     assert out["nav"]["head-midpoint_body-ralston"]["mean"] < 0.0
     m = json.loads((tmp_path / "runs" / "nav" / "head-midpoint_body-ralston" / "s0" / "metrics.json").read_text())
     assert m["method"] == "w2|b2|log_std=midpoint,*=ralston"
+
+
+def test_study_step_rule_fixed_has_its_own_commands_records_and_files(tmp_path) -> None:
+    """Under ``--step-rule fixed`` every run gets the flag, and its records and table are kept apart from the
+    tableau-rule study's (whose commands, without the flag, stay as recorded)."""
+    study = load_script("per_layer_study")
+    base = ["--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"), "--seeds", "0",
+            "--benchmarks", "nav", "--variants", "midpoint"]
+    tab = study.parse_args(base)
+    fixed = study.parse_args(base + ["--step-rule", "fixed"])
+    v = study.VARIANTS[0]
+    for bench in ("nav", "omniglot"):
+        tab.omniglot_root = fixed.omniglot_root = str(tmp_path)
+        cmd_t = study.run_command(bench, v, 0, "LOG", tab)
+        cmd_f = study.run_command(bench, v, 0, "LOG", fixed)
+        assert "--step-rule" not in cmd_t
+        i = cmd_f.index("--step-rule")
+        assert cmd_f[i + 1] == "fixed" and [a for j, a in enumerate(cmd_f) if j not in (i, i + 1)] == cmd_t
+    assert tab.results.endswith(os.path.join("results", "per_layer"))
+    assert fixed.results.endswith(os.path.join("results", "per_layer_fixed"))
+    assert study.study_name(tab) == "per_layer_study" and study.study_name(fixed) == "per_layer_study_fixed"
+    # a finished fixed-rule run is reported in its own table
+    d = tmp_path / "runs" / "nav" / "midpoint" / "s0"
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({"post_return": -14.0}))
+    out = study.main(base + ["--step-rule", "fixed", "--results", str(tmp_path / "rec"), "--report-only"])
+    assert out["nav"]["midpoint"]["values"] == [-14.0]
+    md = (tmp_path / "docs" / "per_layer_study_fixed.md").read_text()
+    assert "(fixed step rule)" in md and not (tmp_path / "docs" / "per_layer_study.md").exists()
