@@ -36,18 +36,11 @@ from rkmeta_rl.presets import NAV
 from rkmeta_rl.rl.algorithm import REFERENCE_NAV_KWARGS, MetaTRPO
 
 
-def setting(config: str) -> dict:
-    """The ``MetaTRPO`` keywords of ``--config`` (without method, subsample and seed)."""
-    if config == "reference":
-        return dict(REFERENCE_NAV_KWARGS)
-    c = NAV[config]
-    return {"inner_lr": c.inner_lr, "meta_batch_size": c.meta_batch_size, "fast_batch_size": c.fast_batch_size,
-            "policy_kwargs": dict(c.policy_kwargs)}
-
-
 def make(method: str, fvp: float, seed: int, config: str = "reference") -> MetaTRPO:
-    return MetaTRPO("MlpPolicy", "rkmeta/Navigation2D-v0", method=method, fvp_subsample=fvp, seed=seed,
-                    device="cpu", **setting(config))
+    """The model of ``--config``: the reference keywords, or the training script's preset itself."""
+    preset, extra = (None, REFERENCE_NAV_KWARGS) if config == "reference" else (NAV[config], {})
+    return MetaTRPO("MlpPolicy", "rkmeta/Navigation2D-v0", config=preset, method=method, fvp_subsample=fvp,
+                    seed=seed, device="cpu", **extra)
 
 
 def matmul_gflops(n: int = 40_000, k: int = 64, reps: int = 20) -> float:

@@ -111,9 +111,14 @@ def _rule_flags(args: argparse.Namespace) -> list[str]:
     return ["--step-rule", args.step_rule] if args.step_rule != "tableau" else []
 
 
+def _rule_suffix(step_rule: str) -> str:
+    """What a non-default step rule appends to the study's file and record-folder names (``""``, ``"_fixed"``)."""
+    return "" if step_rule == "tableau" else f"_{step_rule}"
+
+
 def study_name(args: argparse.Namespace) -> str:
     """The file stem of the table and the plot: ``per_layer_study`` (tableau rule) or ``per_layer_study_fixed``."""
-    return "per_layer_study" + ("" if args.step_rule == "tableau" else f"_{args.step_rule}")
+    return "per_layer_study" + _rule_suffix(args.step_rule)
 
 
 def score(benchmark: str, metrics: dict) -> float:
@@ -257,8 +262,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--report-only", action="store_true", help="write the table and plot from finished runs")
     args = p.parse_args(argv)
     if args.results is None:
-        args.results = os.path.join(ROOT, "results", "per_layer" + ("" if args.step_rule == "tableau" else
-                                                                    f"_{args.step_rule}"))
+        args.results = os.path.join(ROOT, "results", "per_layer" + _rule_suffix(args.step_rule))
     for name in ("omniglot_iterations", "omniglot_meta_batch_size", "omniglot_eval_tasks", "nav_iterations",
                  "nav_meta_batch_size", "nav_fast_batch_size", "threads", "jobs"):
         if getattr(args, name) < 1:
