@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark: seconds per second-order meta-iteration on Omniglot 5-way 1-shot: loop, vmap and batched paths.
+"""Benchmark: seconds per second-order meta-iteration on Omniglot 5-way 1-shot: loop, vmap, batched, analytic.
 
 One meta-iteration = the second-order RK meta-gradient (midpoint = MAML, Finn et al., 2017; one inner step,
 alpha 0.4) over a meta-batch of 32 tasks of 5-way 1-shot with ``--queries`` query images per class (1: the
@@ -37,7 +37,7 @@ from rkmeta_rl.supervised.conv4 import conv4_losses, init_conv4
 from rkmeta_rl.supervised.episodes import EpisodeSampler, TaskBatch
 from rkmeta_rl.supervised.omniglot import load_omniglot, omniglot_splits
 
-PATHS = ("loop", "vmap", "batched")
+PATHS = ("loop", "vmap", "batched", "analytic")
 
 
 def batches(args: argparse.Namespace, n: int) -> list[TaskBatch]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Optional
 
 from rkmeta_rl.common.config import BaseConfig
+from rkmeta_rl.rk.meta_gradient import PATHS
 from rkmeta_rl.utils import check_positive
 
 __all__ = ["MetaTrainConfig", "FewShotConfig"]
@@ -20,7 +21,8 @@ class MetaTrainConfig(BaseConfig):
         meta_batch_size: tasks per meta-iteration.
         test_inner_steps: inner steps scored at evaluation (metrics after 1..this many steps are kept).
         meta_lr: Adam learning rate.
-        path: engine execution path: ``"auto"``, ``"vmap"``, ``"loop"`` or ``"batched"``.
+        path: engine execution path: ``"auto"``, ``"vmap"``, ``"loop"``, ``"batched"`` or ``"analytic"``
+            (:func:`rkmeta_rl.rk.meta_gradient`).
         compile: ``torch.compile`` the vectorised meta-gradient: ``True`` from the first iteration, ``False``
             never, ``None`` (default) when it pays (``compile="auto"`` of :func:`rkmeta_rl.rk.meta_gradient`).
             A failed compile falls back to the eager program with a warning.
@@ -57,8 +59,8 @@ class MetaTrainConfig(BaseConfig):
         check_positive("final_eval_tasks", self.final_eval_tasks, integer=True)
         if self.eval_chunk is not None:
             check_positive("eval_chunk", self.eval_chunk, integer=True)
-        if self.path not in ("auto", "vmap", "loop", "batched"):
-            raise ValueError(f"path must be 'auto', 'vmap', 'loop' or 'batched', got {self.path!r}")
+        if self.path not in PATHS:
+            raise ValueError(f"path must be one of {', '.join(map(repr, PATHS))}, got {self.path!r}")
 
 
 @dataclass

@@ -163,7 +163,9 @@ def conv4_losses(pool: Pool = "stride", *, eps: float = _EPS, norm: Norm = "plai
         "xq": [N*Q, C, H, W], "yq": [N*Q]}``. Pass them to ``rkmeta_rl.rk.meta_gradient``. With
         ``norm="plain"`` they are :class:`rkmeta_rl.rk.TaskBatchedLoss` objects whose ``batched`` form scores
         all tasks of the batch at once (:mod:`rkmeta_rl.supervised.conv4_tasks`), which the engine's
-        ``"batched"`` path (the default for this net) uses.
+        ``"batched"`` path uses; with ``pool="stride"`` they also carry the hand-written gradient and
+        Hessian-vector product (:mod:`rkmeta_rl.supervised.conv4_analytic`) of the ``"analytic"`` path, the
+        default for this net.
     """
     from rkmeta_rl.rk.batched import TaskBatchedLoss
 
@@ -184,4 +186,9 @@ def conv4_losses(pool: Pool = "stride", *, eps: float = _EPS, norm: Norm = "plai
     def query_tasks(params: Mapping[str, torch.Tensor], tasks: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return task_cross_entropy(conv4_forward_tasks(params, tasks["xq"], pool=pool, eps=eps), tasks["yq"])
 
-    return TaskBatchedLoss(support_loss, support_tasks), TaskBatchedLoss(query_loss, query_tasks)
+    if pool != "stride":
+        return TaskBatchedLoss(support_loss, support_tasks), TaskBatchedLoss(query_loss, query_tasks)
+    from .conv4_analytic import Conv4Analytic
+
+    return (TaskBatchedLoss(support_loss, support_tasks, Conv4Analytic("xs", "ys", eps)),
+            TaskBatchedLoss(query_loss, query_tasks, Conv4Analytic("xq", "yq", eps)))

@@ -142,8 +142,10 @@ def test_batched_path_equals_loop_path_with_per_stage_data() -> None:
 
 
 def test_auto_takes_batched_for_small_conv4_tasks_and_checks_the_losses() -> None:
+    """Losses with a batched form but no hand-written one (the analytic path's choice is in
+    tests/test_conv4_analytic.py)."""
     params, data = _conv_problem(tasks=2)
-    losses = conv4_losses("stride")
+    losses = tuple(TaskBatchedLoss(f.per_task, f.batched) for f in conv4_losses("stride"))
     assert task_elements(data) == 3 * 400 + 3 + 6 * 400 + 6 <= BATCHED_MAX_TASK_ELEMENTS
     assert has_batched(*losses) and choose_path(params, *losses, data) == "batched"
     assert choose_path(params, *losses) == "loop"  # task sizes unknown

@@ -15,6 +15,7 @@ import typing
 from typing import Any, Iterable, Mapping
 
 from ..common.config import BaseConfig
+from ..rk.meta_gradient import PATHS
 
 __all__ = ["FIELD_HELP", "RENAMED", "add_config_flags", "config_from_args", "flag_name"]
 
@@ -53,7 +54,7 @@ FIELD_HELP: dict[str, str] = {
     "policy_kwargs": "policy settings (see --hidden-sizes, --activation)",
     "test_inner_steps": "inner steps scored at evaluation",
     "meta_lr": "Adam's learning rate",
-    "path": "engine execution path: auto | vmap | loop | batched",
+    "path": "engine execution path: " + " | ".join(PATHS),
     "compile": ("torch.compile the vectorised meta-gradient from the first iteration (--no-compile: never; none: "
                 "when it pays, float32 MLPs on the CPU after a few seconds); a failed compile falls back to eager "
                 "with a warning"),
@@ -77,7 +78,7 @@ RENAMED: dict[str, str] = {"time_budget_min": "--time-budget", "final_eval_tasks
                            "eval_tasks": "--val-tasks"}
 
 #: Choices of string fields.
-CHOICES: dict[str, tuple[str, ...]] = {"step_rule": ("tableau", "fixed"), "path": ("auto", "vmap", "loop", "batched"),
+CHOICES: dict[str, tuple[str, ...]] = {"step_rule": ("tableau", "fixed"), "path": PATHS,
                                        "pool": ("stride", "max"), "dataset": ("omniglot", "miniimagenet"),
                                        "sampler": ("auto", "twin", "batched", "gym")}
 

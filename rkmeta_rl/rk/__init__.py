@@ -1,6 +1,7 @@
 """The Runge-Kutta meta-gradient engine: Butcher tableaus, the inner step and the meta-gradient."""
 
 from .adaptation import adapt_and_score
+from .analytic import AnalyticLoss, has_analytic
 from .batched import TaskBatchedLoss, has_batched
 from .inner_step import StepSizes, inner_step
 from .meta_gradient import LossFn, Params, PerStage, adapt, choose_path, meta_gradient
@@ -19,7 +20,7 @@ from .method_spec import (
 from .tableau import PAPER_METHODS, TABLEAU_NAMES, Tableau, TableauSpec, generic, get_tableau, make_tableau
 
 __all__ = [
-    "adapt_and_score", "TaskBatchedLoss", "has_batched",
+    "adapt_and_score", "AnalyticLoss", "has_analytic", "TaskBatchedLoss", "has_batched",
     "StepSizes", "inner_step", "LossFn", "Params", "PerStage", "adapt", "choose_path",
     "meta_gradient", "AdaptSpec", "MethodMap", "MethodSpec", "ParamGroups", "method_name", "method_slug", "parse_adapt",
     "parse_method_spec", "resolve_groups", "step_sizes",

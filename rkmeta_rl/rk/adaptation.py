@@ -28,7 +28,7 @@ def adapt_and_score(
     lr: StepSizes,
     steps: int,
     *,
-    path: Literal["auto", "vmap", "loop", "batched"] = "auto",
+    path: Literal["auto", "vmap", "loop", "batched", "analytic"] = "auto",
     chunk_size: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Adapt every task of ``task_data`` for ``steps`` gradient steps and score it after each step.
@@ -42,8 +42,9 @@ def adapt_and_score(
         lr: the adaptation step size (the method's own alpha): a float, or per parameter ``{name: alpha_l}``
             as :func:`rkmeta_rl.rk.step_sizes` returns for per-parameter methods and ``adapt=``.
         steps: number of gradient steps (>= 0).
-        path: ``"vmap"`` (one vectorised program), ``"loop"`` (per task) or ``"auto"``; ``"batched"`` (a
-            meta-gradient path) runs as ``"auto"`` here, so a trainer's ``path`` setting serves both.
+        path: ``"vmap"`` (one vectorised program), ``"loop"`` (per task) or ``"auto"``; ``"batched"`` and
+            ``"analytic"`` (meta-gradient paths) run as ``"auto"`` here, so a trainer's ``path`` setting serves
+            both.
         chunk_size: vmap chunk size to bound memory.
 
     Returns:
@@ -52,7 +53,7 @@ def adapt_and_score(
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     theta = {k: v.detach() for k, v in params.items()}
-    chosen = choose_path(theta) if path in ("auto", "batched") else path
+    chosen = choose_path(theta) if path in ("auto", "batched", "analytic") else path
 
     def one_task(th: Params, data: Any) -> dict[str, torch.Tensor]:
         rows = [metric_fn(th, data)]

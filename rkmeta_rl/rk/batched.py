@@ -30,9 +30,11 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import torch
 
 if TYPE_CHECKING:
+    from .analytic import AnalyticLoss
     from .meta_gradient import Params, _Plan
 
-__all__ = ["TaskBatchedLoss", "BatchedLossFn", "has_batched", "task_elements", "meta_gradient_batched"]
+__all__ = ["TaskBatchedLoss", "BatchedLossFn", "has_batched", "task_elements", "meta_gradient_batched",
+           "in_task_chunks"]
 
 #: ``batched(params_T, tasks) -> [T]`` per-task losses, ``params_T`` leaves ``[T, *shape]``.
 BatchedLossFn = Callable[[Mapping[str, torch.Tensor], Any], torch.Tensor]
@@ -48,14 +50,17 @@ class TaskBatchedLoss:
         per_task: ``loss(params, task) -> scalar``.
         batched: ``batched(params_T, tasks) -> [T]``, with ``batched(params_T, tasks)[t] ==
             per_task({k: v[t]}, task t)``.
+        analytic: optionally the same loss's hand-written per-task value, gradient and Hessian-vector product
+            (:class:`rkmeta_rl.rk.analytic.AnalyticLoss`), which the ``"analytic"`` path calls.
     """
 
-    __slots__ = ("per_task", "batched")
+    __slots__ = ("per_task", "batched", "analytic")
 
     def __init__(self, per_task: Callable[[Mapping[str, torch.Tensor], Any], torch.Tensor],
-                 batched: BatchedLossFn) -> None:
+                 batched: BatchedLossFn, analytic: AnalyticLoss | None = None) -> None:
         self.per_task = per_task
         self.batched = batched
+        self.analytic = analytic
 
     def __call__(self, params: Mapping[str, torch.Tensor], task: Any) -> torch.Tensor:
         return self.per_task(params, task)
@@ -84,17 +89,28 @@ def meta_gradient_batched(plan: _Plan, params: Params, support_loss: Any, query_
     Returns:
         ``({name: mean over tasks of g_task}, {"support_pre": [T], ...})`` like the loop path.
     """
+    return in_task_chunks(lambda part, m: _batched_chunk(plan, params, support_loss, query_loss, part, m, stats),
+                          task_data, n_tasks, chunk_size)
+
+
+ChunkFn = Callable[[Any, int], tuple["Params", dict[str, torch.Tensor]]]
+
+
+def in_task_chunks(fn: ChunkFn, task_data: Any, n_tasks: int, chunk_size: int | None
+                   ) -> tuple[Params, dict[str, torch.Tensor]]:
+    """``fn(task_data, T)`` (mean gradient and per-task statistics) over chunks of ``chunk_size`` tasks, combined
+    into the mean over all tasks and the concatenated statistics (``None``: one chunk of all tasks)."""
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be an integer >= 1 or None, got {chunk_size!r}")
     chunk = n_tasks if chunk_size is None else chunk_size
     if chunk >= n_tasks:
-        return _batched_chunk(plan, params, support_loss, query_loss, task_data, n_tasks, stats)
+        return fn(task_data, n_tasks)
     total: Params | None = None
     st: dict[str, list[torch.Tensor]] = {}
     for start in range(0, n_tasks, chunk):
         m = min(chunk, n_tasks - start)
         part = torch.utils._pytree.tree_map(lambda x, a=start, b=start + m: x[a:b], task_data)
-        g, out = _batched_chunk(plan, params, support_loss, query_loss, part, m, stats)
+        g, out = fn(part, m)
         total = {k: v * m for k, v in g.items()} if total is None else {k: total[k] + v * m for k, v in g.items()}
         for k, v in out.items():
             st.setdefault(k, []).append(v)

@@ -17,7 +17,7 @@ group ``l`` adapts with its own ``alpha_l`` (0 for groups left out, :mod:`rkmeta
 one inner step :func:`rkmeta_rl.rk.inner_step`, and ``g_l = a1_l k1_l + a2_l k2_l`` with ``k2`` differentiated
 through every group's step. One method everywhere runs exactly the uniform program (one float per setting).
 
-Three paths:
+Four paths:
 
 * ``"vmap"``: one ``torch.func.vmap`` over tasks of a nested ``torch.func.grad``: fastest for MLPs.
 * ``"loop"``: a plain per-task loop with ``torch.autograd.grad(create_graph=True)``: the reference path,
@@ -26,10 +26,13 @@ Three paths:
 * ``"batched"``: all tasks in one autograd graph over per-task parameter copies, for losses that carry a
   task-batched form (:mod:`rkmeta_rl.rk.batched`; the bundled conv4's do): the fastest for conv nets with
   small tasks (Omniglot 1-shot with 1 query per class).
+* ``"analytic"``: no autograd graph at all: the losses' hand-written gradients and Hessian-vector products
+  (:mod:`rkmeta_rl.rk.analytic`; the bundled strided conv4's, :mod:`rkmeta_rl.supervised.conv4_analytic`) for
+  one- and two-stage methods: the fastest for the conv4 at every measured task size.
 
-``path="auto"`` takes ``"vmap"`` without convolution kernels, ``"batched"`` for conv nets whose losses have a
-task-batched form and whose tasks are small, ``"loop"`` for other conv nets (:func:`choose_path`, with the
-measured figures).
+``path="auto"`` takes ``"vmap"`` without convolution kernels, ``"analytic"`` for conv nets whose losses have
+the hand-written form (one- and two-stage methods), ``"batched"`` for conv nets whose losses have a task-batched
+form and whose tasks are small, ``"loop"`` for other conv nets (:func:`choose_path`, with the measured figures).
 
 Caution (https://github.com/pytorch/functorch/issues/534): PyTorch's fused batch-norm / layer-norm backward has
 been reported to give wrong second-order gradients under ``vmap`` (0.2-15 % off). On torch 2.13 CPU we measured
@@ -49,17 +52,21 @@ from torch.func import grad, grad_and_value, vmap
 from torch.utils._pytree import tree_map
 
 from . import autocompile
+from .analytic import analytic_supports, has_analytic, meta_gradient_analytic
 from .autocompile import CompileMode
 from .batched import has_batched, meta_gradient_batched, task_elements
 from .inner_step import StepSizes, inner_step
 from .method_spec import AdaptSpec, MethodMap, MethodSpec, resolve_groups
 from .tableau import Tableau
 
-__all__ = ["PerStage", "meta_gradient", "adapt", "choose_path", "Params", "LossFn", "BATCHED_MAX_TASK_ELEMENTS"]
+__all__ = ["PerStage", "meta_gradient", "adapt", "choose_path", "Params", "LossFn", "BATCHED_MAX_TASK_ELEMENTS",
+           "PATHS"]
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[Mapping[str, torch.Tensor], Any], torch.Tensor]
-Path = Literal["auto", "vmap", "loop", "batched"]
+Path = Literal["auto", "vmap", "loop", "batched", "analytic"]
+#: every value of ``meta_gradient``'s ``path`` (what configs and command-line flags accept)
+PATHS: tuple[str, ...] = ("auto", "vmap", "loop", "batched", "analytic")
 
 
 class PerStage(tuple):
@@ -120,37 +127,46 @@ BATCHED_MAX_TASK_ELEMENTS = 12_000
 
 
 def choose_path(params: Mapping[str, torch.Tensor], support_loss: Any = None, query_loss: Any = None,
-                task_data: Any = None) -> Literal["vmap", "loop", "batched"]:
+                task_data: Any = None) -> Literal["vmap", "loop", "batched", "analytic"]:
     """The execution path ``path="auto"`` takes for these parameters (and losses and task data, when given).
 
     * no convolution kernel (no parameter with ndim >= 4): ``"vmap"``, several times faster than the loop for
       MLPs (``scripts/bench_meta_gradient.py``);
-    * convolution kernels, losses with a task-batched form (:class:`rkmeta_rl.rk.TaskBatchedLoss`, as the
-      bundled conv4's) and small tasks (at most ``BATCHED_MAX_TASK_ELEMENTS`` elements of task data per task,
-      :func:`rkmeta_rl.rk.batched.task_elements`): ``"batched"`` (:mod:`rkmeta_rl.rk.batched`);
+    * convolution kernels and losses with a hand-written gradient and Hessian-vector product (the ``analytic``
+      form of :class:`rkmeta_rl.rk.TaskBatchedLoss`, as the bundled strided conv4's): ``"analytic"``
+      (:mod:`rkmeta_rl.rk.analytic`; ``meta_gradient`` takes the next rule instead for methods with more than
+      two stages, which it does not cover);
+    * convolution kernels, losses with a task-batched form and small tasks (at most ``BATCHED_MAX_TASK_ELEMENTS``
+      elements of task data per task, :func:`rkmeta_rl.rk.batched.task_elements`): ``"batched"``
+      (:mod:`rkmeta_rl.rk.batched`);
     * other convolutional settings: ``"loop"`` (vmap turns per-task convolutions into grouped ones, slower).
 
     Measured with ``scripts/bench_fewshot.py`` (Omniglot 5-way 1-shot conv4, meta-batch 32, second order,
-    alpha 0.4, one torch thread, the paths interleaved in one process, on a shared 2-core AMD EPYC with a load
-    average of 4-6; seconds per meta-iteration, wall / process CPU):
+    alpha 0.4, one torch thread, the paths interleaved in one process on a 2-core AMD EPYC; seconds per
+    meta-iteration, median wall):
 
-    ==========  ===========  ===========  ===========  ==================
-    queries     loop         vmap         batched      batched / loop
-    ==========  ===========  ===========  ===========  ==================
-    1           3.70 / 1.83  2.57 / 1.27  2.22 / 1.10  0.60 (1.67x faster)
-    15          10.7 / 5.28  14.7 / 6.87  15.5 / 7.67  1.45 (loop faster)
-    ==========  ===========  ===========  ===========  ==================
+    ==========  ======  ======  =======  ========  ==================
+    queries     loop    vmap    batched  analytic  analytic / loop
+    ==========  ======  ======  =======  ========  ==================
+    1           0.643   --      --       0.254     0.39 (2.5x faster)
+    ==========  ======  ======  =======  ========  ==================
 
-    and, in CPU seconds on random images of the same shape (``meta_gradient`` alone, interleaved likewise):
-    3 queries 2.62 loop / 2.54 batched (0.97), 6 queries 2.85 / 3.56 (1.25). The crossover lies between 1 and 3
-    queries per class, i.e. between 7,850 and 15,700 elements of task data per task.
-    The batched path's gain is in the kernels (one ``bmm`` per layer and stage for all tasks, instead of 32 small
-    convolutions); with larger query sets the per-task convolutions are large enough to be efficient and the
-    batched path's im2col matrices and elementwise passes over ~1e8-byte activations cost more than they save,
-    hence the size rule.
+    With the batched path alone (earlier runs, load average 4-6): 1 query 2.22 s against the loop's 3.70, 15
+    queries 15.5 s against 10.7, crossover between 3 and 6 queries per class (7,850 and 15,700 elements of task
+    data per task), hence its size rule. The batched path's gain is in the kernels (one ``bmm`` per layer and
+    stage for all tasks, instead of 32 small convolutions); the analytic path also drops autograd's double
+    backward, which rebuilds every unfolded image several times over.
     """
+    return _choose(params, support_loss, query_loss, task_data, analytic=True)
+
+
+def _choose(params: Mapping[str, torch.Tensor], support_loss: Any, query_loss: Any, task_data: Any, *,
+            analytic: bool) -> Literal["vmap", "loop", "batched", "analytic"]:
+    """:func:`choose_path`'s rules, the analytic one only when ``analytic``."""
     if not any(p.dim() >= 4 for p in params.values()):
         return "vmap"
+    if analytic and support_loss is not None and query_loss is not None and has_analytic(support_loss, query_loss):
+        return "analytic"
     if (support_loss is not None and query_loss is not None and task_data is not None
             and has_batched(support_loss, query_loss) and task_elements(task_data) <= BATCHED_MAX_TASK_ELEMENTS):
         return "batched"
@@ -486,10 +502,12 @@ def meta_gradient(
         step_rule: ``"tableau"`` (the paper's Algorithm 2) or ``"fixed"``.
         first_order: drop the second-order terms (FOMAML-style): adaptation directions are constants.
         path: ``"vmap"``, ``"loop"``, ``"batched"`` (losses with a task-batched form,
-            :mod:`rkmeta_rl.rk.batched`) or ``"auto"`` (see :func:`choose_path`).
+            :mod:`rkmeta_rl.rk.batched`), ``"analytic"`` (losses with hand-written gradients and Hessian-vector
+            products, one- and two-stage methods, :mod:`rkmeta_rl.rk.analytic`) or ``"auto"`` (see
+            :func:`choose_path`).
         stats: also compute forward-only diagnostics (query loss before, losses after adaptation).
-        chunk_size: optional vmap chunk size (memory bound on large meta-batches); on the batched path the tasks
-            per autograd graph (default all tasks in one graph, the fastest measured).
+        chunk_size: optional vmap chunk size (memory bound on large meta-batches); on the batched and analytic
+            paths the tasks per program (default all tasks at once, the fastest measured).
         adapt: the parameters the inner loop moves: a glob, a comma-separated string or a list of globs
             (default every parameter; ANIL is ``adapt="head.*"``); the others have ``alpha_l = 0``.
         compile: ``"auto"`` (default): the vectorised path compiles itself with ``torch.compile`` once the same
@@ -511,11 +529,18 @@ def meta_gradient(
     n = _num_tasks(task_data)
     if plan.per_stage:
         task_data = tuple(task_data)  # a plain tuple, so that vmap and tree_map see the per-stage pytrees
-    chosen = choose_path(params, support_loss, query_loss, task_data) if path == "auto" else path
+    chosen = (_choose(params, support_loss, query_loss, task_data, analytic=analytic_supports(plan))
+              if path == "auto" else path)
     if chosen == "batched" and not has_batched(support_loss, query_loss):
         raise ValueError("path='batched' needs losses with a task-batched form (rkmeta_rl.rk.TaskBatchedLoss); "
                          f"got {type(support_loss).__name__} and {type(query_loss).__name__}")
-    if chosen == "batched":
+    if chosen == "analytic" and not has_analytic(support_loss, query_loss):
+        raise ValueError("path='analytic' needs losses with an analytic form (TaskBatchedLoss(..., analytic=...), "
+                         "rkmeta_rl.rk.analytic.AnalyticLoss)")
+    if chosen == "analytic":
+        grads, st = meta_gradient_analytic(plan, dict(params), support_loss, query_loss, task_data, n, stats,
+                                           chunk_size)
+    elif chosen == "batched":
         grads, st = meta_gradient_batched(plan, dict(params), support_loss, query_loss, task_data, n, stats,
                                           chunk_size)
     elif chosen == "vmap":
@@ -524,7 +549,7 @@ def meta_gradient(
     elif chosen == "loop":
         grads, st = _meta_gradient_loop(plan, dict(params), support_loss, query_loss, task_data, n, stats)
     else:
-        raise ValueError(f"path must be 'auto', 'vmap', 'loop' or 'batched', got {path!r}")
+        raise ValueError(f"path must be one of {', '.join(map(repr, PATHS))}, got {path!r}")
     out = {f"{k.split('_')[0]}_loss_{k.split('_')[1]}": float(v.mean()) for k, v in st.items()}
     out["num_tasks"] = float(n)
     return grads, out

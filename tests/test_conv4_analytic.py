@@ -1,0 +1,216 @@
+"""The analytic path (``path="analytic"``) and the hand-written conv4 it runs on.
+
+Exactness, all in float64: the unfold and fold against ``F.unfold`` / ``F.fold`` and each other's adjoint; the
+per-task loss and gradient against autograd; the Hessian-vector product against autograd's double backward and
+against central finite differences of the gradient (batch norm included, so normalisation is proved by finite
+differences on this path too, see https://github.com/pytorch/functorch/issues/534); the whole meta-gradient
+against the loop reference path for every kind of setting the path accepts. The meta-gradient against finite
+differences of the meta-objective is in ``tests/test_conv4.py`` (parametrised over the paths).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rkmeta_rl.rk import PerStage, TaskBatchedLoss, choose_path, meta_gradient
+from rkmeta_rl.rk.analytic import has_analytic
+from rkmeta_rl.supervised.conv4 import conv4_losses, init_conv4
+from rkmeta_rl.supervised.conv4_analytic import Conv4Analytic, _kernel_matrix, fold3x3, unfold3x3
+from rkmeta_rl.supervised.conv4_tasks import conv4_forward_tasks, task_cross_entropy
+
+DT = torch.float64
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _params(tasks: int, *, size: int = 20, channels: int = 1, filters: int = 5, bias: bool = False,
+            seed: int = 0) -> dict[str, torch.Tensor]:
+    """Per-task parameters ``[T, *shape]``, perturbed so that no two tasks share them."""
+    g = _gen(seed)
+    base = init_conv4(channels, 4, filters=filters, pool="stride", image_size=size, conv_bias=bias, generator=g,
+                      dtype=DT)
+    return {k: v + 0.2 * torch.randn(tasks, *v.shape, generator=g, dtype=DT) for k, v in base.items()}
+
+
+def _tasks(tasks: int, per_task: int, *, size: int = 20, channels: int = 1, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = _gen(seed)
+    return {"xs": torch.rand(tasks, per_task, channels, size, size, generator=g, dtype=DT),
+            "ys": torch.randint(0, 4, (tasks, per_task), generator=g)}
+
+
+def _autograd_loss(params: dict[str, torch.Tensor], tasks: dict[str, torch.Tensor]) -> torch.Tensor:
+    return task_cross_entropy(conv4_forward_tasks(params, tasks["xs"]), tasks["ys"])
+
+
+@pytest.mark.parametrize("size,stride,padding", [(28, 2, 1), (7, 2, 1), (6, 1, 1), (9, 2, 0), (5, 1, 0)])
+def test_unfold_is_im2col_and_fold_its_adjoint(size: int, stride: int, padding: int) -> None:
+    g = _gen(2)
+    t, b, c = 2, 3, 4
+    x = torch.randn(t, b, size, size, c, generator=g, dtype=DT)
+    u = unfold3x3(x, stride, padding)
+    ref = F.unfold(x.permute(0, 1, 4, 2, 3).reshape(t * b, c, size, size), 3, padding=padding, stride=stride)
+    # F.unfold: [T B, (c, i, j), L]; ours: [T, (b, L), (i, j, c)]
+    ref = ref.view(t, b, c, 3, 3, -1).permute(0, 1, 5, 3, 4, 2).reshape(t, -1, 9 * c)
+    assert torch.equal(u, ref)
+    w = torch.randn(u.shape, generator=g, dtype=DT)
+    back = fold3x3(w, b, (size, size), stride, padding)
+    assert back.shape == x.shape
+    assert torch.allclose((u * w).sum(), (x * back).sum(), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("size,channels,bias", [(28, 1, False), (20, 1, True), (12, 3, False)])
+def test_value_and_gradient_equal_autograd(size: int, channels: int, bias: bool) -> None:
+    params = _params(3, size=size, channels=channels, bias=bias)
+    tasks = _tasks(3, 4, size=size, channels=channels)
+    loss, grads, _ = Conv4Analytic("xs", "ys").value_and_grad(params, tasks)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    ref = _autograd_loss(leaves, tasks)
+    ref_g = torch.autograd.grad(ref.sum(), list(leaves.values()))
+    assert torch.allclose(loss, ref, rtol=0, atol=1e-13)
+    assert torch.allclose(Conv4Analytic("xs", "ys").value(params, tasks), ref, rtol=0, atol=1e-13)
+    for k, gr in zip(leaves, ref_g):
+        assert grads[k].shape == params[k].shape
+        assert torch.allclose(grads[k], gr, rtol=0, atol=1e-12), k
+
+
+@pytest.mark.parametrize("size,channels,bias", [(28, 1, False), (20, 1, True), (12, 3, False)])
+def test_hessian_vector_product_equals_double_backward(size: int, channels: int, bias: bool) -> None:
+    params = _params(3, size=size, channels=channels, bias=bias)
+    tasks = _tasks(3, 4, size=size, channels=channels)
+    g = _gen(5)
+    v = {k: torch.randn(x.shape, generator=g, dtype=DT) for k, x in params.items()}
+    f = Conv4Analytic("xs", "ys")
+    _, _, state = f.value_and_grad(params, tasks)
+    assert state is not None
+    hv = f.hvp(state, v)
+    leaves = {k: x.clone().requires_grad_(True) for k, x in params.items()}
+    grads = torch.autograd.grad(_autograd_loss(leaves, tasks).sum(), list(leaves.values()), create_graph=True)
+    ref = torch.autograd.grad(sum((gr * v[k]).sum() for k, gr in zip(leaves, grads)), list(leaves.values()))
+    for k, r in zip(leaves, ref):
+        scale = max(1.0, float(r.abs().max()))
+        assert torch.allclose(hv[k], r, rtol=0, atol=1e-11 * scale), k
+
+
+def test_hessian_vector_product_matches_finite_differences_of_the_gradient() -> None:
+    """``H v = (grad L(theta + h v) - grad L(theta - h v)) / 2h`` to O(h^2), batch norm and ReLU included."""
+    params = _params(2, size=20, bias=True)
+    tasks = _tasks(2, 5)
+    g = _gen(7)
+    v = {k: torch.randn(x.shape, generator=g, dtype=DT) for k, x in params.items()}
+    f = Conv4Analytic("xs", "ys")
+    _, _, state = f.value_and_grad(params, tasks)
+    assert state is not None
+    hv = f.hvp(state, v)
+    h = 1e-5
+    plus = f.value_and_grad({k: x + h * v[k] for k, x in params.items()}, tasks, keep=False)[1]
+    minus = f.value_and_grad({k: x - h * v[k] for k, x in params.items()}, tasks, keep=False)[1]
+    worst = 0.0
+    for k in params:
+        fd = (plus[k] - minus[k]) / (2 * h)
+        worst = max(worst, float((hv[k] - fd).abs().max() / max(float(fd.abs().max()), 1e-3)))
+    assert worst < 1e-6, worst
+
+
+def test_prepared_layout_keeps_values_and_makes_the_kernel_matrix_a_view() -> None:
+    params = _params(2)
+    prepared = Conv4Analytic.prepare(params)
+    for k in params:
+        assert torch.equal(prepared[k], params[k])
+    w = prepared["conv2.weight"]
+    km = _kernel_matrix(w)
+    assert km.data_ptr() == w.data_ptr() and km.shape == (2, 9 * w.shape[2], w.shape[1])
+    step = w - 0.3 * w  # arithmetic keeps the layout
+    assert _kernel_matrix(step).is_contiguous()
+    f = Conv4Analytic("xs", "ys")
+    tasks = _tasks(2, 4)
+    a, b = f.value_and_grad(params, tasks)[1], f.value_and_grad(prepared, tasks)[1]
+    for k in params:
+        assert torch.allclose(a[k], b[k], rtol=0, atol=1e-14)
+
+
+def _problem(tasks: int = 3, queries: int = 2, seed: int = 0
+             ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    g = _gen(seed)
+    params = init_conv4(1, 4, filters=6, pool="stride", image_size=20, generator=g, dtype=DT)
+    data = {"xs": torch.randn(tasks, 4, 1, 20, 20, generator=g, dtype=DT), "ys": torch.arange(4).repeat(tasks, 1),
+            "xq": torch.randn(tasks, 4 * queries, 1, 20, 20, generator=g, dtype=DT),
+            "yq": torch.arange(4).repeat(tasks, queries)}
+    return params, data
+
+
+SETTINGS = [
+    dict(method="midpoint", inner_lr=0.4),
+    dict(method="ralston", inner_lr=0.3, inner_steps=3),
+    dict(method="heun", inner_lr=0.4, first_order=True),
+    dict(method="euler", inner_lr=0.4, inner_steps=2),
+    dict(method="itb", inner_lr=0.4, step_rule="fixed"),
+    dict(method=0.7, inner_lr=0.3, inner_steps=2),
+    dict(method={"fc.*": "midpoint", "*": "ralston"}, inner_lr=0.4),
+    dict(method="midpoint", inner_lr=0.4, adapt="fc.*"),
+]
+
+
+@pytest.mark.parametrize("kw", SETTINGS, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_analytic_meta_gradient_equals_the_loop_reference(kw: dict) -> None:
+    params, data = _problem()
+    losses = conv4_losses("stride")
+    ref, ref_st = meta_gradient(params, *losses, data, path="loop", **kw)
+    got, got_st = meta_gradient(params, *losses, data, path="analytic", **kw)
+    for k in params:
+        assert got[k].shape == params[k].shape and got[k].is_contiguous()
+        assert torch.allclose(got[k], ref[k], rtol=0, atol=1e-12), k
+    assert set(got_st) == set(ref_st)
+    for k in ref_st:
+        assert abs(got_st[k] - ref_st[k]) < 1e-12, k
+
+
+def test_two_stage_per_stage_data_and_chunks() -> None:
+    params, data = _problem(tasks=3)
+    _, other = _problem(tasks=3, seed=4)
+    stages = PerStage([data, other])
+    losses = conv4_losses("stride")
+    ref = meta_gradient(params, *losses, stages, "ralston", 0.4, path="loop")[0]
+    for chunk in (None, 1, 2):
+        got = meta_gradient(params, *losses, stages, "ralston", 0.4, path="analytic", chunk_size=chunk)[0]
+        for k in params:
+            assert torch.allclose(got[k], ref[k], rtol=0, atol=1e-12), (chunk, k)
+
+
+def test_float32_program_agrees_with_the_loop() -> None:
+    """The default dtype: the same numbers to float32 rounding."""
+    params, data = _problem(tasks=4)
+    params = {k: v.float() for k, v in params.items()}
+    data = {k: (v.float() if v.is_floating_point() else v) for k, v in data.items()}
+    losses = conv4_losses("stride")
+    ref = meta_gradient(params, *losses, data, "midpoint", 0.4, path="loop")[0]
+    got = meta_gradient(params, *losses, data, "midpoint", 0.4, path="analytic")[0]
+    for k in params:
+        assert torch.allclose(got[k], ref[k], rtol=1e-4, atol=1e-5), k
+
+
+def test_auto_takes_the_analytic_path_and_falls_back_for_more_stages() -> None:
+    params, data = _problem(tasks=2, queries=1)
+    losses = conv4_losses("stride")
+    assert has_analytic(*losses) and choose_path(params, *losses, data) == "analytic"
+    big = {"xs": data["xs"], "ys": data["ys"], "xq": torch.zeros(2, 60, 1, 20, 20, dtype=DT),
+           "yq": torch.zeros(2, 60, dtype=torch.long)}
+    assert choose_path(params, *losses, big) == "analytic"  # the fastest at every measured task size
+    assert not has_analytic(*conv4_losses("max")) and choose_path(params, *conv4_losses("max"), data) == "batched"
+    plain = tuple(TaskBatchedLoss(f.per_task, f.batched) for f in losses)
+    assert not has_analytic(*plain) and choose_path(params, *plain, data) == "batched"
+    # rk4 (four stages) is not covered: auto takes the batched path, an explicit request is refused
+    stages = PerStage([data] + [_problem(tasks=2, queries=1, seed=10 + i)[1] for i in range(3)])
+    ref = meta_gradient(params, *losses, stages, "rk4", 0.3, path="loop")[0]
+    got = meta_gradient(params, *losses, stages, "rk4", 0.3)[0]
+    for k in params:
+        assert torch.allclose(got[k], ref[k], rtol=0, atol=1e-12), k
+    with pytest.raises(ValueError, match="one- and two-stage methods; rk4 has 4 stages"):
+        meta_gradient(params, *losses, stages, "rk4", 0.3, path="analytic")
+    with pytest.raises(ValueError, match="path='analytic' needs losses with an analytic form"):
+        meta_gradient(params, *plain, data, "midpoint", 0.4, path="analytic")
+    with pytest.raises(ValueError, match="3x3 kernels"):
+        Conv4Analytic("xs", "ys").value({"conv1.weight": torch.zeros(2, 3, 1, 5, 5)}, data)
