@@ -181,9 +181,27 @@ class _HiddenBlock:
         self.a = torch.addcmul(_col(beta), self.xh, self.gamma).relu_()
         self.m = self.xh.shape[1]
 
-    def _fold(self, du: torch.Tensor) -> torch.Tensor:
+    def _input_grad(self, *terms: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """``fold(sum_i dZ_i K_i^T)`` for ``terms = ((dZ_i [T, N, F], K_i [T, 9 C, F]), ...)``: the input's
+        gradient ``[T, B H W, C]``, one kernel tap at a time so that the ``[T, N, 9 C]`` product is never
+        materialised (each tap's ``[T, N, C]`` part is added into place while it is still in cache)."""
         b, h, w, c = self.in_shape
-        return fold3x3(du, b, (h, w), 2, 1).view(du.shape[0], b * h * w, c)
+        t, _, f = terms[0][0].shape
+        ho, wo = _out_size(h, 2, 1), _out_size(w, 2, 1)
+        out = terms[0][0].new_zeros(t, b, h, w, c)
+        taps = [k.view(t, _K, _K, c, f) for _, k in terms]
+        for i in range(_K):
+            r0, nr, sr = _tap(h, ho, i, 2, 1)
+            for j in range(_K):
+                c0, nc, sc = _tap(w, wo, j, 2, 1)
+                if not (nr and nc):
+                    continue
+                part = torch.bmm(terms[0][0], taps[0][:, i, j].transpose(1, 2))
+                for (dz, _), kt in zip(terms[1:], taps[1:]):
+                    part.baddbmm_(dz, kt[:, i, j].transpose(1, 2))
+                out[:, :, sr:sr + 2 * (nr - 1) + 1:2, sc:sc + 2 * (nc - 1) + 1:2] += \
+                    part.view(t, b, ho, wo, c)[:, :, r0:r0 + nr, c0:c0 + nc]
+        return out.view(t, b * h * w, c)
 
     def backward(self, da: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(g_W [T, 9 C, F], g_bias, g_gamma, g_beta [T, F], dA of the input [T, N_in, C])``."""
@@ -195,7 +213,7 @@ class _HiddenBlock:
         dz = torch.addcmul(-rg * g_beta / m, dy, rg).addcmul_(self.xh, rg * g_gamma, value=-1.0 / m)
         self.dy, self.dz, self.g_gamma, self.g_beta = dy, dz, g_gamma, g_beta
         gw = torch.bmm(self.u.transpose(1, 2), dz)
-        return gw, dz.sum(1), g_gamma[:, 0], g_beta[:, 0], self._fold(torch.bmm(dz, self.wk.transpose(1, 2)))
+        return gw, dz.sum(1), g_gamma[:, 0], g_beta[:, 0], self._input_grad((dz, self.wk))
 
     def tangent(self, a_dot: torch.Tensor, vk: torch.Tensor, v_bias: torch.Tensor | None, v_gamma: torch.Tensor,
                 v_beta: torch.Tensor) -> tuple[torch.Tensor, _Tangent]:
@@ -229,8 +247,8 @@ class _HiddenBlock:
         dz_dot.addcmul_(dy_dot, r * gamma)
         dz_dot.addcmul_(self.dy, r * vg)
         hw = torch.bmm(self.u.transpose(1, 2), dz_dot).baddbmm_(u_dot.transpose(1, 2), self.dz)
-        du_dot = torch.bmm(dz_dot, self.wk.transpose(1, 2)).baddbmm_(self.dz, tan.vk.transpose(1, 2))
-        return (hw, dz_dot.sum(1), (sum_dyd_xh + sum_dy_xhd)[:, 0], sum_dyd[:, 0], self._fold(du_dot))
+        return (hw, dz_dot.sum(1), (sum_dyd_xh + sum_dy_xhd)[:, 0], sum_dyd[:, 0],
+                self._input_grad((dz_dot, self.wk), (self.dz, tan.vk)))
 
 
 class _InputBlock:
