@@ -10,14 +10,15 @@ Runs from a fresh clone with torch, gymnasium and mujoco installed; no network. 
 budget stops cleanly between timed iterations and skips what is left; the JSON line is printed anyway):
 
 * ``exactness``: a float64 meta-gradient on CUDA against the same on the CPU (a 1-8-8-1 tanh MLP, midpoint with
-  two inner steps and ralston; a small conv4, 2 tasks), on both execution paths: ``max_rel_diff`` and ``ok``
-  (``allclose``, rtol 1e-9).
+  two inner steps and ralston; a small conv4, 2 tasks), on every execution path (loop and vmap; for the conv4
+  also batched and analytic): ``max_rel_diff`` and ``ok`` (``allclose``, rtol 1e-9).
 * ``sinusoid``: ``MetaTrainer.step`` (meta-batch 25, second order, Adam) on CUDA: the library's default path
   (``compile="auto"``; on CUDA it stays eager and the JSON says why), eager vmap, ``torch.compile`` (inductor),
   ``torch.compile(mode="reduce-overhead")`` (CUDA graphs) and the plain loop; the CPU default path beside it.
 * ``fewshot``: the paper's Omniglot 5-way 1-shot protocol (conv4 with 64 filters, strided, meta-batch 32, one
   query image per class, inner step 0.4, second order) on random 28x28 images (the time does not depend on the
-  pixels): default path, loop, vmap on CUDA; the default path on the CPU beside it.
+  pixels): the default path (``path="auto"``: the analytic one), loop, vmap and batched on CUDA; the default
+  path on the CPU beside it. Whether the analytic path is also the fastest on a GPU is what this measures.
 * ``nav``: MetaTRPO on 2D navigation, the README main command's setting (``--config seed``) and the reference
   setting; the CPU beside them.
 * ``locomotion``: MetaTRPO on HalfCheetahVel (the ``maml`` preset), a couple of iterations (skipped without
@@ -171,7 +172,7 @@ def section_exactness(dev: str, args: argparse.Namespace, budget: Budget) -> dic
         params, data, support, query = make("cpu")
         ref, _ = meta_gradient(params, support, query, data, method, lr, steps, path="loop", compile=False)
         params, data, support, query = make(dev)
-        for path in ("loop", "vmap"):
+        for path in ("loop", "vmap") + (("batched", "analytic") if name == "conv4" else ()):
             g, _ = meta_gradient(params, support, query, data, method, lr, steps, path=path, compile=False)
             rel = max(float((g[k].cpu() - ref[k]).abs().max() / ref[k].abs().max().clamp_min(1e-300)) for k in ref)
             ok = all(torch.allclose(g[k].cpu(), ref[k], rtol=1e-9, atol=1e-12) for k in ref)
@@ -295,7 +296,8 @@ def _paper_fewshot(dev: str, problem: Any | None = None, **settings: Any) -> Any
 
 def section_fewshot(dev: str, args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
     variants: dict[str, dict[str, Any]] = {"default": {}, "loop": {"path": "loop"},
-                                           "vmap": {"path": "vmap", "compile": False}}
+                                           "vmap": {"path": "vmap", "compile": False},
+                                           "batched": {"path": "batched"}}
     if not args.no_cpu and dev != "cpu":
         variants["cpu_default"] = {"device": "cpu"}
     return _variants(lambda **s: _paper_fewshot(dev, **s), dev, variants, args, budget)
