@@ -77,16 +77,22 @@ def test_value_and_gradient_equal_autograd(size: int, channels: int, bias: bool)
         assert torch.allclose(grads[k], gr, rtol=0, atol=1e-12), k
 
 
-@pytest.mark.parametrize("size,channels,bias", [(28, 1, False), (20, 1, True), (12, 3, False)])
-def test_hessian_vector_product_equals_double_backward(size: int, channels: int, bias: bool) -> None:
-    params = _params(3, size=size, channels=channels, bias=bias)
-    tasks = _tasks(3, 4, size=size, channels=channels)
-    g = _gen(5)
+def _random_hvp(params: dict[str, torch.Tensor], tasks: dict[str, torch.Tensor], seed: int
+                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A random direction ``v`` and the analytic ``H v`` at ``params``."""
+    g = _gen(seed)
     v = {k: torch.randn(x.shape, generator=g, dtype=DT) for k, x in params.items()}
     f = Conv4Analytic("xs", "ys")
     _, _, state = f.value_and_grad(params, tasks)
     assert state is not None
-    hv = f.hvp(state, v)
+    return v, f.hvp(state, v)
+
+
+@pytest.mark.parametrize("size,channels,bias", [(28, 1, False), (20, 1, True), (12, 3, False)])
+def test_hessian_vector_product_equals_double_backward(size: int, channels: int, bias: bool) -> None:
+    params = _params(3, size=size, channels=channels, bias=bias)
+    tasks = _tasks(3, 4, size=size, channels=channels)
+    v, hv = _random_hvp(params, tasks, seed=5)
     leaves = {k: x.clone().requires_grad_(True) for k, x in params.items()}
     grads = torch.autograd.grad(_autograd_loss(leaves, tasks).sum(), list(leaves.values()), create_graph=True)
     ref = torch.autograd.grad(sum((gr * v[k]).sum() for k, gr in zip(leaves, grads)), list(leaves.values()))
@@ -99,12 +105,8 @@ def test_hessian_vector_product_matches_finite_differences_of_the_gradient() -> 
     """``H v = (grad L(theta + h v) - grad L(theta - h v)) / 2h`` to O(h^2), batch norm and ReLU included."""
     params = _params(2, size=20, bias=True)
     tasks = _tasks(2, 5)
-    g = _gen(7)
-    v = {k: torch.randn(x.shape, generator=g, dtype=DT) for k, x in params.items()}
+    v, hv = _random_hvp(params, tasks, seed=7)
     f = Conv4Analytic("xs", "ys")
-    _, _, state = f.value_and_grad(params, tasks)
-    assert state is not None
-    hv = f.hvp(state, v)
     h = 1e-5
     plus = f.value_and_grad({k: x + h * v[k] for k, x in params.items()}, tasks, keep=False)[1]
     minus = f.value_and_grad({k: x - h * v[k] for k, x in params.items()}, tasks, keep=False)[1]
