@@ -144,10 +144,12 @@ def _run_one(benchmark: str, variant: Variant, seed: int, args: argparse.Namespa
     """Train one run into its folder, its output in ``OUT/logs/``; ``None`` when it finished, else the error."""
     logdir = os.path.join(args.out, benchmark, variant.key, f"s{seed}")
     cmd = run_command(benchmark, variant, seed, logdir, args)
-    if os.path.isfile(os.path.join(logdir, "checkpoint_latest.pt")):
+    same = run_record.folder_matches(logdir, cmd[1:])
+    if same and os.path.isfile(os.path.join(logdir, "checkpoint_latest.pt")):
         cmd.append("--resume")  # an interrupted run continues where it stopped
-    elif os.path.isdir(logdir) and os.listdir(logdir):  # stopped before its first checkpoint: start afresh
-        os.replace(logdir, f"{logdir}.unfinished-{time.strftime('%Y%m%d-%H%M%S')}")
+    elif os.path.isdir(logdir) and os.listdir(logdir):
+        # stopped before its first checkpoint, or made by another configuration: keep it beside, start afresh
+        os.replace(logdir, f"{logdir}.{'unfinished' if same else 'other-config'}-{time.strftime('%Y%m%d-%H%M%S')}")
     log_path = os.path.join(args.out, "logs", f"{benchmark}-{variant.key}-s{seed}.log")
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),  # the checkout, installed or not

@@ -17,7 +17,10 @@ Experiments (``--only`` takes a comma-separated subset):
 
 Every run is one training script call with explicit flags in its own run folder under
 ``--out/<scale>/<experiment>/``. A finished run (``metrics.json`` present) is skipped, an interrupted one is
-resumed (``--resume``), so the command can be stopped and started again at any time. Logs of each run go to
+resumed (``--resume``), so the command can be stopped and started again at any time; a run folder made by
+another configuration (its ``config.json`` records the command that made it: after a scale's iterations change,
+say) is neither counted nor continued, but kept beside as ``<folder>.other-config-N`` and the run trained afresh
+(:func:`rkmeta_rl.common.run_record.folder_matches`). Logs of each run go to
 ``--out/<scale>/logs/``. Each finished run also leaves a small *record* (its portable command, ``metrics.json``
 and, for Figure 3, its evaluation curve) under ``--results/<scale>/`` (``results/reproduce/`` in the checkout by
 default), a file meant to be committed: a run with a record is finished even when its run folder is gone (another
@@ -53,7 +56,12 @@ REPO = os.path.dirname(HERE)
 if REPO not in sys.path:  # `python scripts/reproduce.py` from a checkout without an install still finds the package
     sys.path.insert(0, REPO)
 
-from rkmeta_rl.common.run_record import finished_metrics, portable_command, read_record  # noqa: E402
+from rkmeta_rl.common.run_record import (  # noqa: E402
+    finished_metrics,
+    folder_matches,
+    portable_command,
+    read_record,
+)
 from rkmeta_rl.stats import mean_interval  # noqa: E402
 from rkmeta_rl.utils import write_json_atomic  # noqa: E402
 
@@ -279,17 +287,19 @@ def execute(run: Run, log_dir: str, nproc: int, in_process: bool, device: str) -
     args = list(run.args)
     if device != "auto":
         args += ["--device", device]
-    resume = any(os.path.isfile(os.path.join(run.logdir, f))
-                 for f in ("checkpoint_latest.pt", "checkpoint_final.pt"))
+    same = folder_matches(run.logdir, run.portable())
+    resume = same and any(os.path.isfile(os.path.join(run.logdir, f))
+                          for f in ("checkpoint_latest.pt", "checkpoint_final.pt"))
     if resume:
         args.append("--resume")
     elif os.path.isdir(run.logdir) and os.listdir(run.logdir):
-        # a run that died before its first checkpoint: the training scripts refuse a used folder for a fresh
-        # run, so keep what it left beside, under a new name, and start again
-        n = 0
-        while os.path.exists(f"{run.logdir}.failed-{n}"):
+        # a run that died before its first checkpoint, or a folder made by another configuration (other
+        # iterations, say: never continued as this run): the training scripts refuse a used folder for a fresh
+        # run, so keep what it holds beside, under a new name, and start again
+        tag, n = ("failed" if same else "other-config"), 0
+        while os.path.exists(f"{run.logdir}.{tag}-{n}"):
             n += 1
-        os.replace(run.logdir, f"{run.logdir}.failed-{n}")
+        os.replace(run.logdir, f"{run.logdir}.{tag}-{n}")
     os.makedirs(os.path.dirname(run.logdir), exist_ok=True)
     os.makedirs(log_dir, exist_ok=True)
     log_path = os.path.join(log_dir, run.experiment + "-" + run.name.replace("/", "-") + ".log")

@@ -76,6 +76,50 @@ def test_finished_runs_are_skipped_and_interrupted_runs_resume(smoke: tuple[str,
     assert _read(other).count("# 20") == 1  # ... and no finished run started again
 
 
+def test_a_folder_made_by_another_configuration_is_set_aside_and_trained_again(smoke: tuple[str, dict]) -> None:
+    """A finished run folder whose command was another (here: more iterations than the study now asks) is not
+    this run's: no record is made from it, it is kept beside under a new name, and the run is trained afresh."""
+    out, _ = smoke
+    run = os.path.join(out, "runs", "smoke", "table2-tableau", "heun-s0")
+    cfg_path = os.path.join(run, "config.json")
+    cfg = json.loads(_read(cfg_path))
+    i = cfg["argv"].index("--iterations")
+    cfg["argv"][i + 1] = str(int(cfg["argv"][i + 1]) + 5)
+    with open(cfg_path, "w") as fh:
+        json.dump(cfg, fh)
+    record = os.path.join(out, "results", "smoke", "table2", "tableau", "heun-s0.json")
+    os.remove(record)
+    summary = _main()(["--scale", "smoke", "--only", "table2", "--out", os.path.join(out, "runs"),
+                       "--report", os.path.join(out, "report3.md"), "--results", os.path.join(out, "results"),
+                       "--no-progress"])
+    assert summary["errors"] == [] and summary["finished_runs"] == 10
+    assert os.path.isfile(os.path.join(f"{run}.other-config-0", "metrics.json"))  # kept, under a new name
+    fresh = json.loads(_read(cfg_path))["argv"]
+    assert "--resume" not in fresh and fresh[fresh.index("--iterations") + 1] == str(int(cfg["argv"][i + 1]) - 5)
+    rec = json.loads(_read(record))
+    assert rec["command"][rec["command"].index("--iterations") + 1] == fresh[fresh.index("--iterations") + 1]
+
+
+def test_run_folders_count_only_for_the_command_that_made_them(tmp_path) -> None:
+    from rkmeta_rl.common.run_record import finished_metrics, folder_matches
+
+    cmd = ["train_fewshot.py", "--seed", "0", "--iterations", "3", "--data-root", "$RKMETA_OMNIGLOT"]
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps({"accuracy": 0.5}))
+    assert folder_matches(str(folder), cmd)  # no config.json: a folder written by hand counts
+    launched = ["/x/scripts/train_fewshot.py", "--seed", "0", "--iterations", "3", "--data-root", "/data/omniglot",
+                "--logdir", str(folder), "--device", "cpu", "--resume"]
+    (folder / "config.json").write_text(json.dumps({"argv": launched}))
+    assert folder_matches(str(folder), cmd)  # place, dataset location, device and resume do not count
+    rec = str(tmp_path / "rec.json")
+    assert finished_metrics(str(folder), rec, cmd) == {"accuracy": 0.5} and os.path.isfile(rec)
+    other = [a if a != "3" else "4" for a in cmd]
+    assert not folder_matches(str(folder), other)
+    assert finished_metrics(str(folder), str(tmp_path / "rec2.json"), other) is None
+    assert not os.path.exists(tmp_path / "rec2.json")
+
+
 def test_bad_flags_fail_before_any_work(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
         _main()(["--only", "table9", "--out", str(tmp_path)])
