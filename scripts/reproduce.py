@@ -119,7 +119,7 @@ SCALES: dict[str, Scale] = {
                    nav_iterations=1, nav_eval_tasks=2, nav_eval_traj=2, in_process=True),
     "cpu": Scale(sinusoid_iterations=None, sinusoid_eval_tasks=600, sinusoid_compile=True,
                  table3_settings=(("omniglot", 5, 1),), table3_methods=("midpoint", "ralston"),
-                 fewshot_iterations=1000, fewshot_eval_tasks=600, fewshot_eval_interval=100,
+                 fewshot_iterations=3000, fewshot_eval_tasks=600, fewshot_eval_interval=250,
                  fewshot_probe_iterations=3, nav_iterations=100, nav_eval_tasks=40, nav_eval_traj=20,
                  in_process=False),
     "paper": Scale(sinusoid_iterations=None, sinusoid_eval_tasks=600, sinusoid_compile=True,
