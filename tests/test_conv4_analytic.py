@@ -10,6 +10,8 @@ differences of the meta-objective is in ``tests/test_conv4.py`` (parametrised ov
 
 from __future__ import annotations
 
+from typing import Callable, Mapping
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -216,3 +218,46 @@ def test_auto_takes_the_analytic_path_and_falls_back_for_more_stages() -> None:
         meta_gradient(params, *plain, data, "midpoint", 0.4, path="analytic")
     with pytest.raises(ValueError, match="3x3 kernels"):
         Conv4Analytic("xs", "ys").value({"conv1.weight": torch.zeros(2, 3, 1, 5, 5)}, data)
+
+
+class _LeastSquares:
+    """A loss of one's own with the analytic form and no ``prepare``: ``L = mean_i (x_i w - y_i)^2 / 2`` per
+    task, so ``grad = X^T (X w - y) / n`` and ``H v = X^T X v / n`` exactly."""
+
+    def __init__(self, xs: str, ys: str) -> None:
+        self.xs, self.ys = xs, ys
+
+    def value(self, params: Mapping[str, torch.Tensor], tasks: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        r = torch.bmm(tasks[self.xs], params["w"][..., None])[..., 0] - tasks[self.ys]
+        return 0.5 * (r * r).mean(1)
+
+    def value_and_grad(self, params: Mapping[str, torch.Tensor], tasks: Mapping[str, torch.Tensor], *,
+                       keep: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        x = tasks[self.xs]
+        r = torch.bmm(x, params["w"][..., None])[..., 0] - tasks[self.ys]
+        g = torch.bmm(x.transpose(1, 2), r[..., None])[..., 0] / x.shape[1]
+        return 0.5 * (r * r).mean(1), {"w": g}, x
+
+    def hvp(self, state: torch.Tensor, v: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = state
+        return {"w": torch.bmm(x.transpose(1, 2), torch.bmm(x, v["w"][..., None]))[..., 0] / x.shape[1]}
+
+
+def test_a_loss_of_ones_own_with_the_analytic_form_equals_the_loop() -> None:
+    g = _gen(9)
+    data = {"xs": torch.randn(4, 6, 3, generator=g, dtype=DT), "ys": torch.randn(4, 6, generator=g, dtype=DT),
+            "xq": torch.randn(4, 5, 3, generator=g, dtype=DT), "yq": torch.randn(4, 5, generator=g, dtype=DT)}
+    params = {"w": torch.randn(3, generator=g, dtype=DT)}
+
+    def per_task(xs: str, ys: str) -> Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]],
+                                               torch.Tensor]:
+        return lambda p, d: 0.5 * ((d[xs] @ p["w"] - d[ys]) ** 2).mean()
+
+    losses = [TaskBatchedLoss(per_task(a, b), lambda p, d: torch.zeros(()), _LeastSquares(a, b))
+              for a, b in (("xs", "ys"), ("xq", "yq"))]
+    for kw in (dict(method="midpoint", inner_steps=3), dict(method="ralston"), dict(method="heun", first_order=True)):
+        ref = meta_gradient(params, *losses, data, inner_lr=0.1, path="loop", **kw)
+        got = meta_gradient(params, *losses, data, inner_lr=0.1, path="analytic", **kw)
+        assert torch.allclose(got[0]["w"], ref[0]["w"], rtol=0, atol=1e-13), kw
+        assert all(abs(got[1][k] - ref[1][k]) < 1e-13 for k in ref[1]), kw
+    assert choose_path(params, *losses, data) == "vmap"  # no convolution: auto keeps vmap

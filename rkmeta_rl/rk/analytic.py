@@ -50,9 +50,8 @@ class AnalyticLoss(Protocol):
 
     def hvp(self, state: Any, v: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
 
-    def prepare(self, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The same values in the memory layout the loss computes fastest in (the identity is always right)."""
-        ...
+    # optional, looked up with getattr: ``prepare(params) -> params``, the same values in the memory layout the
+    # loss computes fastest in (leaving it out is the identity)
 
 
 def has_analytic(*losses: Any) -> bool:
@@ -105,7 +104,9 @@ def _analytic_chunk(plan: _Plan, params: Params, support_loss: Any, query_loss: 
     sup, qry = support_loss.analytic, query_loss.analytic
     names = list(params)
     # every task starts from the same theta: stride-0 views, no copies
-    prepared = sup.prepare({k: v.detach() for k, v in params.items()})
+    prepare = getattr(sup, "prepare", None)  # optional: a preferred memory layout
+    detached = {k: v.detach() for k, v in params.items()}
+    prepared = prepare(detached) if prepare is not None else detached
     theta = {k: v.unsqueeze(0).expand(n_tasks, *v.shape) for k, v in prepared.items()}
     d0 = _stage_data(plan, task_data, 0)
     second = plan.stages == 2 and not plan.first_order
