@@ -521,7 +521,7 @@ def meta_gradient(
             ``False``: always eager. Compiled programs are cached per loss functions and settings; when
             compiling fails a ``RuntimeWarning`` says why and the eager program answers. Compiled and eager
             results agree to rounding, not bit for bit: pass ``False`` for bitwise-reproducible runs. Ignored
-            by the loop and batched paths.
+            by the loop, batched and analytic paths.
 
     Returns:
         ``(grads, stats)``: ``grads`` is a dict like ``params`` with the mean meta-gradient (detached);
