@@ -170,7 +170,7 @@ class MetaTrainer(BaseMetaAlgorithm):
                       step_rule=c.step_rule, first_order=c.first_order, path=c.path)
         compile = "auto" if self._compile is None else self._compile  # failures fall back inside, with a warning
         return meta_gradient(self.params, self.problem.support_loss, self.problem.query_loss, data,
-                             compile=compile, **kwargs)
+                             compile=compile, chunk_size=c.train_chunk, **kwargs)
 
     def train_iteration(self) -> dict[str, float]:
         """One meta-iteration: sample tasks, RK meta-gradient, Adam step. Returns ``train/*`` statistics.

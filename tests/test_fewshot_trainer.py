@@ -65,3 +65,31 @@ def test_bad_input_fails_with_message(tmp_path, flags, msg) -> None:
     with pytest.raises(SystemExit) as err:
         mod.main(["--no-progress", "--iterations", "1", "--logdir", str(tmp_path), *flags])
     assert msg in str(err.value)
+
+
+def test_train_chunk_bounds_memory_and_keeps_the_meta_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train_chunk``: the meta-batch's tasks in programs of that many tasks; the same meta-gradient to rounding
+    (compared before Adam, whose first step is ``lr * sign(g)`` and so would amplify rounding)."""
+    import torch
+
+    gpu_check = load_script("gpu_check")
+    whole, chunked = gpu_check._paper_fewshot("cpu"), gpu_check._paper_fewshot("cpu", train_chunk=12)
+    assert chunked.config.train_chunk == 12
+    import rkmeta_rl.supervised.trainer as trainer_module
+
+    seen: list[int | None] = []
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(kwargs.get("chunk_size"))  # type: ignore[arg-type]
+        return meta_gradient(*args, **kwargs)
+
+    meta_gradient = trainer_module.meta_gradient
+    monkeypatch.setattr(trainer_module, "meta_gradient", spy)
+    data = whole.problem.sample_tasks(32, torch.Generator().manual_seed(0), 2, torch.device("cpu"))
+    (ga, sa), (gb, sb) = whole._meta_gradient(data), chunked._meta_gradient(data)
+    assert seen == [None, 12]
+    assert sa["query_loss_post"] == pytest.approx(sb["query_loss_post"], rel=1e-5)
+    for k in ga:
+        assert torch.allclose(ga[k], gb[k], rtol=1e-4, atol=1e-6), k
+    with pytest.raises(ValueError, match="train_chunk"):
+        gpu_check._paper_fewshot("cpu", train_chunk=0)

@@ -62,6 +62,7 @@ FIELD_HELP: dict[str, str] = {
     "eval_tasks": "tasks per evaluation during training",
     "final_eval_tasks": "tasks (episodes) of the final evaluation",
     "eval_chunk": "tasks adapted at once at evaluation (memory bound)",
+    "train_chunk": "tasks per meta-gradient program in training (memory bound; default all: the fastest)",
     "dataset": "omniglot | miniimagenet",
     "ways": "classes per episode",
     "shots": "support images per class",
