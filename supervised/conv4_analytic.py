@@ -12,8 +12,8 @@ Autograd's double backward of the same network (the ``"batched"`` path) rebuilds
 image matrix and its adjoint several times over and runs one generic kernel per small step; here each layer
 unfolds its input once per point, reuses it for the weight gradient and the tangent, each product is one ``bmm``
 over all tasks, and the element-wise work is gathered into few passes. The equations, per block and task (``U``
-the unfolded input ``[N, 9 C]`` with ``N = B Ho Wo`` output positions, sums and means over the ``N`` positions
-of each channel, ``M = N``)::
+the unfolded input ``[N, 9 C]`` with ``N = B Ho Wo`` output positions, sums and means over the positions of
+each channel, ``M = N`` their count)::
 
     forward     Z = U W^T,  xh = (Z - mean Z) r,  r = (var Z + eps)^-1/2,  Y = gamma xh + beta,  A = relu(Y)
     backward    dY = [A > 0] dA,  g_gamma = sum dY xh,  g_beta = sum dY,  g_W = dZ^T U,  dU = dZ W
@@ -29,7 +29,9 @@ of each channel, ``M = N``)::
 (every ``mean`` of a product with ``dY`` is a per-channel sum already at hand, so ``dZ'`` is one combination of
 five tensors with per-channel coefficients). The head: ``f = mean_pixels A_4 [B, F]``, ``s = f W_fc^T + b_fc``,
 ``p = softmax(s)``, ``L = mean_b CE``, so ``ds = (p - onehot) / B`` and its tangent ``p (s' - <p, s'>) / B``.
-ReLU's second derivative is zero almost everywhere, so its mask carries over unchanged.
+ReLU's second derivative is zero almost everywhere, so its mask carries over unchanged. The first block, whose
+input is data, evaluates the same equations through products with its unfolded images (:class:`_InputBlock`), and
+hidden blocks form an input gradient one kernel tap at a time (:meth:`_HiddenBlock._input_grad`).
 
 Activations are channels-last, ``[T, N, C]`` (images ``[T, B, H, W, C]``). :func:`unfold3x3` writes the
 unfolded images ``[T, B, Ho, Wo, 3, 3, C]`` with nine strided copies whose innermost runs are whole channel
