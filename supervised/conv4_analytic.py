@@ -31,12 +31,12 @@ five tensors with per-channel coefficients). The head: ``f = mean_pixels A_4 [B,
 ``p = softmax(s)``, ``L = mean_b CE``, so ``ds = (p - onehot) / B`` and its tangent ``p (s' - <p, s'>) / B``.
 ReLU's second derivative is zero almost everywhere, so its mask carries over unchanged. The first block, whose
 input is data, evaluates the same equations through products with its unfolded images (:class:`_InputBlock`), and
-hidden blocks form an input gradient one kernel tap at a time (:meth:`_HiddenBlock._input_grad`).
+hidden blocks form an input gradient one kernel tap at a time (:func:`fold3x3_products`).
 
 Activations are channels-last, ``[T, N, C]`` (images ``[T, B, H, W, C]``). :func:`unfold3x3` writes the
 unfolded images ``[T, B, Ho, Wo, 3, 3, C]`` with nine strided copies whose innermost runs are whole channel
-vectors, and :func:`fold3x3` is its adjoint (nine strided additions); both are several times faster on the CPU
-than ``F.unfold`` / ``F.fold`` and the layout changes around them. Everything is tested against autograd in
+vectors, and :func:`fold3x3_products` its adjoint (nine strided additions); both are several times faster on the
+CPU than ``F.unfold`` / ``F.fold`` and the layout changes around them. Everything is tested against autograd in
 float64 (``tests/test_conv4_analytic.py``), the Hessian-vector product also against central finite differences
 of the gradient.
 """
@@ -44,12 +44,12 @@ of the gradient.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Conv4Analytic", "Conv4State", "unfold3x3", "fold3x3"]
+__all__ = ["Conv4Analytic", "Conv4State", "unfold3x3", "fold3x3_products"]
 
 _EPS = 1e-5
 _K = 3  # kernel side
@@ -106,24 +106,39 @@ def unfold3x3(x: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
     return out.view(t, b * ho * wo, _K * _K * c)
 
 
-def fold3x3(u: torch.Tensor, batch: int, size: tuple[int, int], stride: int, padding: int) -> torch.Tensor:
-    """The adjoint of :func:`unfold3x3`: ``[T, B * Ho * Wo, 9 * C]`` -> ``[T, B, H, W, C]`` (nine strided sums).
+def fold3x3_products(terms: Sequence[tuple[torch.Tensor, torch.Tensor]], batch: int, size: tuple[int, int],
+                     stride: int, padding: int) -> torch.Tensor:
+    """``fold(sum_i dZ_i K_i^T)``, the gradient of a convolution's input: the adjoint of :func:`unfold3x3` applied
+    to a sum of products, one kernel tap at a time.
 
-    ``<unfold3x3(x), u> = <x, fold3x3(u)>`` for every ``x`` and ``u``: the gradient of a convolution's input.
+    Args:
+        terms: ``((dZ_i [T, N, F], K_i [T, 9 C, F]), ...)``, ``K_i`` in :func:`_kernel_matrix`'s layout.
+        batch, size: ``B`` and ``(H, W)`` of the input.
+        stride, padding: as ``F.conv2d``.
+
+    Returns:
+        ``[T, B, H, W, C]`` with ``<unfold3x3(x), sum_i dZ_i K_i^T> = <x, result>`` for every ``x``. Each tap's
+        ``[T, N, C]`` part is added into place while it is still in cache: the ``[T, N, 9 C]`` product is never
+        materialised (18 MB for the conv4's second block at the paper's protocol).
     """
-    t = u.shape[0]
+    dz0, k0 = terms[0]
+    t, _, f = dz0.shape
+    c = k0.shape[1] // (_K * _K)
     h, w = size
     ho, wo = _out_size(h, stride, padding), _out_size(w, stride, padding)
-    c = u.shape[2] // (_K * _K)
-    uv = u.view(t, batch, ho, wo, _K, _K, c)
-    out = u.new_zeros(t, batch, h, w, c)
+    out = dz0.new_zeros(t, batch, h, w, c)
+    taps = [k.view(t, _K, _K, c, f) for _, k in terms]
     for i in range(_K):
         r0, nr, sr = _tap(h, ho, i, stride, padding)
         for j in range(_K):
             c0, nc, sc = _tap(w, wo, j, stride, padding)
-            if nr and nc:
-                out[:, :, sr:sr + stride * (nr - 1) + 1:stride, sc:sc + stride * (nc - 1) + 1:stride] += \
-                    uv[:, :, r0:r0 + nr, c0:c0 + nc, i, j]
+            if not (nr and nc):
+                continue
+            part = torch.bmm(dz0, taps[0][:, i, j].transpose(1, 2))
+            for (dz, _), kt in zip(terms[1:], taps[1:]):
+                part.baddbmm_(dz, kt[:, i, j].transpose(1, 2))
+            out[:, :, sr:sr + stride * (nr - 1) + 1:stride, sc:sc + stride * (nc - 1) + 1:stride] += \
+                part.view(t, batch, ho, wo, c)[:, :, r0:r0 + nr, c0:c0 + nc]
     return out
 
 
@@ -184,26 +199,9 @@ class _HiddenBlock:
         self.m = self.xh.shape[1]
 
     def _input_grad(self, *terms: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """``fold(sum_i dZ_i K_i^T)`` for ``terms = ((dZ_i [T, N, F], K_i [T, 9 C, F]), ...)``: the input's
-        gradient ``[T, B H W, C]``, one kernel tap at a time so that the ``[T, N, 9 C]`` product is never
-        materialised (each tap's ``[T, N, C]`` part is added into place while it is still in cache)."""
+        """The input's gradient ``[T, B H W, C]`` from ``((dZ_i, K_i), ...)`` (:func:`fold3x3_products`)."""
         b, h, w, c = self.in_shape
-        t, _, f = terms[0][0].shape
-        ho, wo = _out_size(h, 2, 1), _out_size(w, 2, 1)
-        out = terms[0][0].new_zeros(t, b, h, w, c)
-        taps = [k.view(t, _K, _K, c, f) for _, k in terms]
-        for i in range(_K):
-            r0, nr, sr = _tap(h, ho, i, 2, 1)
-            for j in range(_K):
-                c0, nc, sc = _tap(w, wo, j, 2, 1)
-                if not (nr and nc):
-                    continue
-                part = torch.bmm(terms[0][0], taps[0][:, i, j].transpose(1, 2))
-                for (dz, _), kt in zip(terms[1:], taps[1:]):
-                    part.baddbmm_(dz, kt[:, i, j].transpose(1, 2))
-                out[:, :, sr:sr + 2 * (nr - 1) + 1:2, sc:sc + 2 * (nc - 1) + 1:2] += \
-                    part.view(t, b, ho, wo, c)[:, :, r0:r0 + nr, c0:c0 + nc]
-        return out.view(t, b * h * w, c)
+        return fold3x3_products(terms, b, (h, w), 2, 1).view(terms[0][0].shape[0], b * h * w, c)
 
     def backward(self, da: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(g_W [T, 9 C, F], g_bias, g_gamma, g_beta [T, F], dA of the input [T, N_in, C])``."""

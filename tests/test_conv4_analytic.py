@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from rkmeta_rl.rk import PerStage, TaskBatchedLoss, choose_path, meta_gradient
 from rkmeta_rl.rk.analytic import has_analytic
 from rkmeta_rl.supervised.conv4 import conv4_losses, init_conv4
-from rkmeta_rl.supervised.conv4_analytic import Conv4Analytic, _kernel_matrix, fold3x3, unfold3x3
+from rkmeta_rl.supervised.conv4_analytic import Conv4Analytic, _kernel_matrix, fold3x3_products, unfold3x3
 from rkmeta_rl.supervised.conv4_tasks import conv4_forward_tasks, task_cross_entropy
 
 DT = torch.float64
@@ -49,7 +49,7 @@ def _autograd_loss(params: dict[str, torch.Tensor], tasks: dict[str, torch.Tenso
 
 
 @pytest.mark.parametrize("size,stride,padding", [(28, 2, 1), (7, 2, 1), (6, 1, 1), (9, 2, 0), (5, 1, 0)])
-def test_unfold_is_im2col_and_fold_its_adjoint(size: int, stride: int, padding: int) -> None:
+def test_unfold_is_im2col_and_the_tapwise_fold_its_adjoint(size: int, stride: int, padding: int) -> None:
     g = _gen(2)
     t, b, c = 2, 3, 4
     x = torch.randn(t, b, size, size, c, generator=g, dtype=DT)
@@ -58,10 +58,15 @@ def test_unfold_is_im2col_and_fold_its_adjoint(size: int, stride: int, padding: 
     # F.unfold: [T B, (c, i, j), L]; ours: [T, (b, L), (i, j, c)]
     ref = ref.view(t, b, c, 3, 3, -1).permute(0, 1, 5, 3, 4, 2).reshape(t, -1, 9 * c)
     assert torch.equal(u, ref)
-    w = torch.randn(u.shape, generator=g, dtype=DT)
-    back = fold3x3(w, b, (size, size), stride, padding)
+    # the input gradient of sum_i <dZ_i, U K_i>: autograd through the unfold against the tap-wise fold
+    terms = [(torch.randn(t, u.shape[1], 5, generator=g, dtype=DT), torch.randn(t, 9 * c, 5, generator=g, dtype=DT))
+             for _ in range(2)]
+    leaf = x.clone().requires_grad_(True)
+    uu = unfold3x3(leaf, stride, padding)
+    ref = torch.autograd.grad(sum((dz * torch.bmm(uu, k)).sum() for dz, k in terms), leaf)[0]
+    back = fold3x3_products(terms, b, (size, size), stride, padding)
     assert back.shape == x.shape
-    assert torch.allclose((u * w).sum(), (x * back).sum(), rtol=1e-12, atol=0)
+    assert torch.allclose(back, ref, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("size,channels,bias", [(28, 1, False), (20, 1, True), (12, 3, False)])
