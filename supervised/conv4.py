@@ -186,9 +186,9 @@ def conv4_losses(pool: Pool = "stride", *, eps: float = _EPS, norm: Norm = "plai
     def query_tasks(params: Mapping[str, torch.Tensor], tasks: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return task_cross_entropy(conv4_forward_tasks(params, tasks["xq"], pool=pool, eps=eps), tasks["yq"])
 
-    if pool != "stride":
-        return TaskBatchedLoss(support_loss, support_tasks), TaskBatchedLoss(query_loss, query_tasks)
     from .conv4_analytic import Conv4Analytic
 
-    return (TaskBatchedLoss(support_loss, support_tasks, Conv4Analytic("xs", "ys", eps)),
-            TaskBatchedLoss(query_loss, query_tasks, Conv4Analytic("xq", "yq", eps)))
+    # the hand-written form covers the strided (Omniglot) net; the max-pool one has the batched form only
+    strided = pool == "stride"
+    return (TaskBatchedLoss(support_loss, support_tasks, Conv4Analytic("xs", "ys", eps) if strided else None),
+            TaskBatchedLoss(query_loss, query_tasks, Conv4Analytic("xq", "yq", eps) if strided else None))
