@@ -406,6 +406,10 @@ class Conv4Analytic:
         t, b, f = df.shape
         return (df / pixels)[:, :, None, :].expand(t, b, pixels, f).reshape(t, b * pixels, f)
 
+    def logits(self, params: Mapping[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+        """Every task's logits ``[T, B, N]`` for images ``[T, B, C, H, W]`` (forward only)."""
+        return self._forward(params, images)[0]
+
     def value(self, params: Mapping[str, torch.Tensor], tasks: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Per-task loss ``[T]`` (forward only)."""
         logits = self._forward(params, tasks[self.images])[0]

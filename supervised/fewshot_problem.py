@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad
 
-from rkmeta_rl.rk import Params, StepSizes, inner_step
+from rkmeta_rl.rk import Params, StepSizes, TaskBatchedLoss, inner_step
 
 from .class_split import ClassSplit
 from .conv4 import Pool, accuracy, conv4_forward, conv4_losses, init_conv4
+from .conv4_analytic import Conv4Analytic
+from .conv4_tasks import conv4_forward_tasks, task_cross_entropy
 from .episodes import EpisodeSampler
 
 __all__ = ["FewShotProblem"]
@@ -53,6 +55,8 @@ class FewShotProblem:
         self.test_queries = queries if test_queries is None else test_queries
         self.filters, self.pool = filters, pool
         self.support_loss, self.query_loss = conv4_losses(pool)
+        #: query accuracy and loss after adaptation, per task, with the many-tasks form beside it
+        self.metric_fn = TaskBatchedLoss(self._query_metric, self._query_metric_tasks)
         # one sampler per split (validated once); each call reseeds it from the trainer's torch generator,
         # so the episode stream is reproducible and resumable through that generator's state alone
         self._samplers = {k: EpisodeSampler(s, ways, shots, queries if k == "train" else self.test_queries, seed=0)
@@ -74,9 +78,20 @@ class FewShotProblem:
         sampler.device = device
         return sampler.sample(num_tasks)
 
-    def metric_fn(self, params: Mapping[str, torch.Tensor], data: Any) -> dict[str, torch.Tensor]:
+    def _query_metric(self, params: Mapping[str, torch.Tensor], data: Any) -> dict[str, torch.Tensor]:
+        """One task's query accuracy and loss (``metric_fn``'s per-task form)."""
         logits = conv4_forward(params, data["xq"], pool=self.pool)
         return {"acc": accuracy(logits, data["yq"]), "loss": F.cross_entropy(logits, data["yq"])}
+
+    def _query_metric_tasks(self, params: Mapping[str, torch.Tensor], tasks: Any) -> dict[str, torch.Tensor]:
+        """Every task's query accuracy and loss ``[T]`` with per-task parameters ``[T, *shape]``
+        (``metric_fn``'s many-tasks form, which test-time adaptation on the analytic path scores with)."""
+        if self.pool == "stride":
+            logits = Conv4Analytic("xq", "yq").logits(params, tasks["xq"])
+        else:
+            logits = conv4_forward_tasks(params, tasks["xq"], pool=self.pool)
+        acc = (logits.argmax(dim=-1) == tasks["yq"]).to(logits.dtype).mean(1)
+        return {"acc": acc, "loss": task_cross_entropy(logits, tasks["yq"])}
 
     def figure(self, params: Params, adapt_lr: StepSizes, steps: int, generator: torch.Generator,
                device: torch.device, max_query: int = 20) -> Any:

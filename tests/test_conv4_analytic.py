@@ -266,3 +266,48 @@ def test_a_loss_of_ones_own_with_the_analytic_form_equals_the_loop() -> None:
         assert torch.allclose(got[0]["w"], ref[0]["w"], rtol=0, atol=1e-13), kw
         assert all(abs(got[1][k] - ref[1][k]) < 1e-13 for k in ref[1]), kw
     assert choose_path(params, *losses, data) == "vmap"  # no convolution: auto keeps vmap
+
+
+@pytest.mark.parametrize("pool", ["stride", "max"])
+def test_the_few_shot_metric_has_a_many_tasks_form(pool: str) -> None:
+    from conftest import load_script
+
+    from rkmeta_rl.supervised.fewshot_problem import FewShotProblem
+
+    split = load_script("gpu_check")._random_split(8, 4, 0)
+    prob = FewShotProblem("omniglot", split, split, ways=3, shots=1, queries=2, filters=4, pool=pool)  # type: ignore[arg-type]
+    params = {k: v.double() for k, v in prob.init_params(_gen(3), torch.device("cpu")).items()}
+    data = {k: (v.double() if v.is_floating_point() else v)
+            for k, v in prob.sample_tasks(3, _gen(4), 2, torch.device("cpu")).items()}
+    per_task = {k: v.unsqueeze(0).expand(3, *v.shape) for k, v in params.items()}
+    got = prob.metric_fn.batched(per_task, data)
+    for t in range(3):
+        ref = prob.metric_fn(params, {k: v[t] for k, v in data.items()})
+        for k in ref:
+            assert torch.allclose(got[k][t], ref[k], rtol=0, atol=1e-12), (k, t)
+
+
+def test_test_time_adaptation_on_the_analytic_path_equals_the_loop() -> None:
+    """adapt_and_score with the support loss's hand-written gradients and the metric's many-tasks form: the
+    per-task loop's numbers, per-parameter step sizes and chunks included."""
+    from conftest import load_script
+
+    from rkmeta_rl.rk import adapt_and_score
+    from rkmeta_rl.supervised.fewshot_problem import FewShotProblem
+
+    split = load_script("gpu_check")._random_split(8, 4, 0)
+    prob = FewShotProblem("omniglot", split, split, ways=3, shots=1, queries=2, filters=5)
+    params = {k: v.double() for k, v in prob.init_params(_gen(5), torch.device("cpu")).items()}
+    data = {k: (v.double() if v.is_floating_point() else v)
+            for k, v in prob.sample_tasks(5, _gen(6), 2, torch.device("cpu")).items()}
+    rates = {k: (0.4 if k.startswith("fc") else 0.2) for k in params}
+    for lr, chunk in ((0.4, None), (rates, 2)):
+        ref = adapt_and_score(params, prob.support_loss, prob.metric_fn, data, lr, 3, path="loop")
+        for path in ("auto", "analytic"):
+            got = adapt_and_score(params, prob.support_loss, prob.metric_fn, data, lr, 3, path=path,
+                                  chunk_size=chunk)
+            for k in ref:
+                assert got[k].shape == ref[k].shape == (5, 4)
+                assert torch.allclose(got[k], ref[k], rtol=0, atol=1e-12), (k, path, chunk)
+    with pytest.raises(ValueError, match="path='analytic' needs"):
+        adapt_and_score(params, prob.support_loss, prob.metric_fn.per_task, data, 0.4, 3, path="analytic")

@@ -32,7 +32,7 @@ from .inner_step import inner_step
 if TYPE_CHECKING:
     from .meta_gradient import Params, _Plan
 
-__all__ = ["AnalyticLoss", "has_analytic", "analytic_supports", "meta_gradient_analytic"]
+__all__ = ["AnalyticLoss", "has_analytic", "analytic_supports", "task_copies", "meta_gradient_analytic"]
 
 
 class AnalyticLoss(Protocol):
@@ -63,6 +63,15 @@ def analytic_supports(plan: _Plan) -> bool:
     """Whether the analytic program covers these settings: one or two stages (any inner steps, step sizes,
     per-parameter methods, ``first_order``)."""
     return plan.stages <= 2
+
+
+def task_copies(loss: AnalyticLoss, params: Mapping[str, torch.Tensor], n_tasks: int) -> dict[str, torch.Tensor]:
+    """``theta`` as ``n_tasks`` per-task copies ``{name: [T, *shape]}`` for ``loss``: stride-0 views of one copy
+    in the layout the loss prefers (its optional ``prepare``), so that nothing is copied per task."""
+    prepare = getattr(loss, "prepare", None)
+    detached = {k: v.detach() for k, v in params.items()}
+    prepared = prepare(detached) if prepare is not None else detached
+    return {k: v.unsqueeze(0).expand(n_tasks, *v.shape) for k, v in prepared.items()}
 
 
 def _scale(v: Mapping[str, torch.Tensor], alpha: Any) -> dict[str, torch.Tensor]:
@@ -103,11 +112,7 @@ def _analytic_chunk(plan: _Plan, params: Params, support_loss: Any, query_loss: 
 
     sup, qry = support_loss.analytic, query_loss.analytic
     names = list(params)
-    # every task starts from the same theta: stride-0 views, no copies
-    prepare = getattr(sup, "prepare", None)  # optional: a preferred memory layout
-    detached = {k: v.detach() for k, v in params.items()}
-    prepared = prepare(detached) if prepare is not None else detached
-    theta = {k: v.unsqueeze(0).expand(n_tasks, *v.shape) for k, v in prepared.items()}
+    theta = task_copies(sup, params, n_tasks)  # every task starts from the same theta
     d0 = _stage_data(plan, task_data, 0)
     second = plan.stages == 2 and not plan.first_order
     with torch.no_grad():
