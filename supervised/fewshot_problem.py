@@ -18,7 +18,6 @@ from rkmeta_rl.rk import Params, StepSizes, TaskBatchedLoss, inner_step
 
 from .class_split import ClassSplit
 from .conv4 import Pool, accuracy, conv4_forward, conv4_losses, init_conv4
-from .conv4_analytic import Conv4Analytic
 from .conv4_tasks import conv4_forward_tasks, task_cross_entropy
 from .episodes import EpisodeSampler
 
@@ -86,8 +85,9 @@ class FewShotProblem:
     def _query_metric_tasks(self, params: Mapping[str, torch.Tensor], tasks: Any) -> dict[str, torch.Tensor]:
         """Every task's query accuracy and loss ``[T]`` with per-task parameters ``[T, *shape]``
         (``metric_fn``'s many-tasks form, which test-time adaptation on the analytic path scores with)."""
-        if self.pool == "stride":
-            logits = Conv4Analytic("xq", "yq").logits(params, tasks["xq"])
+        analytic = self.query_loss.analytic  # the strided net's hand-written form: the fastest forward
+        if analytic is not None:
+            logits = analytic.logits(params, tasks["xq"])
         else:
             logits = conv4_forward_tasks(params, tasks["xq"], pool=self.pool)
         acc = (logits.argmax(dim=-1) == tasks["yq"]).to(logits.dtype).mean(1)
