@@ -73,7 +73,7 @@ def _tap(size: int, out: int, k: int, stride: int, padding: int) -> tuple[int, i
 
 
 def unfold3x3(x: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
-    """Unfolded channels-last images for a 3x3 convolution of every task, as nine strided copies.
+    """Unfolded channels-last images for a 3x3 convolution of every task.
 
     Args:
         x: ``[T, B, H, W, C]``.
@@ -81,11 +81,35 @@ def unfold3x3(x: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
 
     Returns:
         ``[T, B * Ho * Wo, 9 * C]`` with ``out[t, (b, oh, ow), (i, j, c)] = x[t, b, s oh + i - p, s ow + j - p, c]``
-        (zero outside the image): ``out @ W'^T`` is the convolution, ``W' = W.permute(0, 2, 3, 1)`` as
-        ``[F, 9 C]``.
+        (zero outside the image): ``out @ W'^T`` is the convolution, ``W'`` the kernel matrix ``[F, 9 C]``
+        (:func:`_kernel_matrix`).
+
+    With several channels the images are first copied into a zero-bordered buffer, and one copy then reads the
+    strided view of every output position's 3x3 window and writes the result in memory order (nine copies, one
+    per tap, each writing 1/9 of every row of an unfolded matrix that is not in cache, were measured 1.5-2x
+    slower inside the meta-gradient). With one channel (data images) the nine strided tap copies are faster: the
+    window's runs are single numbers.
     """
     t, b, h, w, c = x.shape
     ho, wo = _out_size(h, stride, padding), _out_size(w, stride, padding)
+    if c == 1:
+        return _unfold_by_taps(x, stride, padding, ho, wo)
+    hp, wp = stride * (ho - 1) + _K, stride * (wo - 1) + _K  # the rows and columns the windows read
+    nh, nw = min(h, hp - padding), min(w, wp - padding)     # the image's rows and columns among them
+    xp = x.new_empty(t, b, hp, wp, c)
+    xp[:, :, :padding].zero_()
+    xp[:, :, padding + nh:].zero_()
+    xp[:, :, padding:padding + nh, :padding].zero_()
+    xp[:, :, padding:padding + nh, padding + nw:].zero_()
+    xp[:, :, padding:padding + nh, padding:padding + nw] = x[:, :, :nh, :nw]
+    s = xp.stride()
+    windows = xp.as_strided((t, b, ho, wo, _K, _K, c), (s[0], s[1], stride * s[2], stride * s[3], s[2], s[3], s[4]))
+    return windows.contiguous().view(t, b * ho * wo, _K * _K * c)
+
+
+def _unfold_by_taps(x: torch.Tensor, stride: int, padding: int, ho: int, wo: int) -> torch.Tensor:
+    """:func:`unfold3x3` as nine strided copies, one per kernel tap (the faster form for one channel)."""
+    t, b, h, w, c = x.shape
     out = x.new_empty(t, b, ho, wo, _K, _K, c)
     for i in range(_K):
         r0, nr, sr = _tap(h, ho, i, stride, padding)
@@ -112,51 +136,51 @@ def fold3x3_products(terms: Sequence[tuple[torch.Tensor, torch.Tensor]], batch: 
     to a sum of products, one kernel tap at a time.
 
     Args:
-        terms: ``((dZ_i [T, N, F], K_i [T, 9 C, F]), ...)``, ``K_i`` in :func:`_kernel_matrix`'s layout.
+        terms: ``((dZ_i [T, N, F], K_i [T, F, 9 C]), ...)``, ``K_i`` in :func:`_kernel_matrix`'s layout.
         batch, size: ``B`` and ``(H, W)`` of the input.
         stride, padding: as ``F.conv2d``.
 
     Returns:
-        ``[T, B, H, W, C]`` with ``<unfold3x3(x), sum_i dZ_i K_i^T> = <x, result>`` for every ``x``. Each tap's
+        ``[T, B, H, W, C]`` with ``<unfold3x3(x), sum_i dZ_i K_i> = <x, result>`` for every ``x``. Each tap's
         ``[T, N, C]`` part is added into place while it is still in cache: the ``[T, N, 9 C]`` product is never
         materialised (18 MB for the conv4's second block at the paper's protocol).
     """
     dz0, k0 = terms[0]
     t, _, f = dz0.shape
-    c = k0.shape[1] // (_K * _K)
+    c = k0.shape[2] // (_K * _K)
     h, w = size
     ho, wo = _out_size(h, stride, padding), _out_size(w, stride, padding)
     out = dz0.new_zeros(t, batch, h, w, c)
-    taps = [k.view(t, _K, _K, c, f) for _, k in terms]
+    taps = [k.view(t, f, _K, _K, c) for _, k in terms]
     for i in range(_K):
         r0, nr, sr = _tap(h, ho, i, stride, padding)
         for j in range(_K):
             c0, nc, sc = _tap(w, wo, j, stride, padding)
             if not (nr and nc):
                 continue
-            part = torch.bmm(dz0, taps[0][:, i, j].transpose(1, 2))
+            part = torch.bmm(dz0, taps[0][:, :, i, j])
             for (dz, _), kt in zip(terms[1:], taps[1:]):
-                part.baddbmm_(dz, kt[:, i, j].transpose(1, 2))
+                part.baddbmm_(dz, kt[:, :, i, j])
             out[:, :, sr:sr + stride * (nr - 1) + 1:stride, sc:sc + stride * (nc - 1) + 1:stride] += \
                 part.view(t, batch, ho, wo, c)[:, :, r0:r0 + nr, c0:c0 + nc]
     return out
 
 
 def _kernel_matrix(w: torch.Tensor) -> torch.Tensor:
-    """Per-task kernels ``[T, F, C, 3, 3]`` as the transposed kernel matrix ``[T, 9 C, F]`` (rows in
-    :func:`unfold3x3`'s column order): a view when ``w`` is in :meth:`Conv4Analytic.prepare`'s layout (as every
-    tensor of the engine's program then is), a copy otherwise. Stored this way, both products that read it,
-    ``U W^T`` and ``dZ W``, run at the machine's full speed (``dZ W`` with ``W`` stored ``[F, 9 C]`` was measured
-    1.8x slower)."""
+    """Per-task kernels ``[T, F, C, 3, 3]`` as the kernel matrix ``[T, F, 9 C]`` (columns in :func:`unfold3x3`'s
+    order): a view when ``w`` is in :meth:`Conv4Analytic.prepare`'s layout (as every tensor of the engine's
+    program then is), a copy otherwise. Stored this way (each filter's window contiguous), the weight gradient
+    ``dZ^T U`` runs 1.6x faster than ``U^T dZ`` into a ``[9 C, F]`` layout (measured at the conv4's second block),
+    and the forward product ``U K^T`` and the input gradient's tap products ``dZ K_tap`` as fast."""
     t, f = w.shape[:2]
-    return w.permute(0, 3, 4, 2, 1).reshape(t, -1, f)
+    return w.permute(0, 1, 3, 4, 2).reshape(t, f, -1)
 
 
 def _kernel_grad(g: torch.Tensor, c: int) -> torch.Tensor:
-    """``[T, 9 C, F]`` (:func:`_kernel_matrix`'s layout) -> ``[T, F, C, 3, 3]``, a view in
-    :meth:`Conv4Analytic.prepare`'s layout."""
-    t, _, f = g.shape
-    return g.view(t, _K, _K, c, f).permute(0, 4, 3, 1, 2)
+    """``[T, F, 9 C]`` (:func:`_kernel_matrix`'s layout) -> ``[T, F, C, 3, 3]``, a view in
+    :meth:`Conv4Analytic.prepare`'s layout when ``g`` is contiguous."""
+    t, f, _ = g.shape
+    return g.reshape(t, f, _K, _K, c).permute(0, 1, 4, 2, 3)
 
 
 def _col(x: torch.Tensor) -> torch.Tensor:
@@ -168,7 +192,7 @@ def _col(x: torch.Tensor) -> torch.Tensor:
 class _Tangent:
     """A block's forward-tangent quantities that its tangent backward pass reads."""
 
-    vk: torch.Tensor                    # V_W as [T, 9 C, F]
+    vk: torch.Tensor                    # V_W as [T, F, 9 C]
     rr: torch.Tensor                    # r'/r = -r mean(xh Z')  [T, 1, F]
     u_dot: torch.Tensor | None = None   # hidden block: the unfolded input's tangent
     xh_dot: torch.Tensor | None = None  # hidden block: xh'
@@ -179,7 +203,7 @@ class _HiddenBlock:
     """A block whose input depends on the parameters: everything per position (the module docstring's equations).
 
     Args:
-        h: input ``[T, B, H, W, C]``; wk: kernel matrix ``[T, 9 C, F]``; bias: ``[T, F]`` or None; gamma, beta:
+        h: input ``[T, B, H, W, C]``; wk: kernel matrix ``[T, F, 9 C]``; bias: ``[T, F]`` or None; gamma, beta:
         ``[T, F]``; eps: batch-norm epsilon.
     """
 
@@ -188,7 +212,7 @@ class _HiddenBlock:
         self.in_shape = tuple(h.shape[1:])  # (B, H, W, C)
         self.u = unfold3x3(h, 2, 1)  # [T, N, 9 C]
         self.wk, self.gamma = wk, _col(gamma)
-        z = torch.bmm(self.u, wk)  # [T, N, F]
+        z = torch.bmm(self.u, wk.mT)  # [T, N, F]
         if bias is not None:
             z = z + _col(bias)
         # centred two-pass statistics (torch.var_mean over a non-innermost dimension is 4x slower here)
@@ -204,7 +228,7 @@ class _HiddenBlock:
         return fold3x3_products(terms, b, (h, w), 2, 1).view(terms[0][0].shape[0], b * h * w, c)
 
     def backward(self, da: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``(g_W [T, 9 C, F], g_bias, g_gamma, g_beta [T, F], dA of the input [T, N_in, C])``."""
+        """``(g_W [T, F, 9 C], g_bias, g_gamma, g_beta [T, F], dA of the input [T, N_in, C])``."""
         m = self.m
         dy = _relu_mask(da, self.a, 0)
         g_gamma = (dy * self.xh).sum(1, keepdim=True)
@@ -212,7 +236,7 @@ class _HiddenBlock:
         rg = self.r * self.gamma
         dz = torch.addcmul(-rg * g_beta / m, dy, rg).addcmul_(self.xh, rg * g_gamma, value=-1.0 / m)
         self.dy, self.dz, self.g_gamma, self.g_beta = dy, dz, g_gamma, g_beta
-        gw = torch.bmm(self.u.transpose(1, 2), dz)
+        gw = torch.bmm(dz.mT, self.u)
         return gw, dz.sum(1), g_gamma[:, 0], g_beta[:, 0], self._input_grad((dz, self.wk))
 
     def tangent(self, a_dot: torch.Tensor, vk: torch.Tensor, v_bias: torch.Tensor | None, v_gamma: torch.Tensor,
@@ -220,7 +244,7 @@ class _HiddenBlock:
         """``(A', kept)`` from the input's tangent ``a_dot [T, N_in, C]`` and the direction's block parameters."""
         b, h, w, c = self.in_shape
         u_dot = unfold3x3(a_dot.view(a_dot.shape[0], b, h, w, c), 2, 1)
-        z_dot = torch.bmm(self.u, vk).baddbmm_(u_dot, self.wk)
+        z_dot = torch.bmm(self.u, vk.mT).baddbmm_(u_dot, self.wk.mT)
         if v_bias is not None:
             z_dot = z_dot + _col(v_bias)
         s = (self.xh * z_dot).mean(1, keepdim=True)
@@ -230,7 +254,7 @@ class _HiddenBlock:
 
     def tangent_backward(self, tan: _Tangent, da_dot: torch.Tensor, v_gamma: torch.Tensor
                          ) -> tuple[torch.Tensor, ...]:
-        """``((Hv)_W [T, 9 C, F], (Hv)_bias, (Hv)_gamma, (Hv)_beta [T, F], dA' of the input)``."""
+        """``((Hv)_W [T, F, 9 C], (Hv)_bias, (Hv)_gamma, (Hv)_beta [T, F], dA' of the input)``."""
         m, r, gamma, vg = self.m, self.r, self.gamma, _col(v_gamma)
         xh_dot, u_dot = tan.xh_dot, tan.u_dot
         assert xh_dot is not None and u_dot is not None
@@ -246,7 +270,7 @@ class _HiddenBlock:
         dz_dot.addcmul_(self.xh, -r * (gamma * sum_dy_xhd / m + mean_xh_dxhd))
         dz_dot.addcmul_(dy_dot, r * gamma)
         dz_dot.addcmul_(self.dy, r * vg)
-        hw = torch.bmm(self.u.transpose(1, 2), dz_dot).baddbmm_(u_dot.transpose(1, 2), self.dz)
+        hw = torch.bmm(dz_dot.mT, self.u).baddbmm_(self.dz.mT, u_dot)
         return (hw, dz_dot.sum(1), (sum_dyd_xh + sum_dy_xhd)[:, 0], sum_dyd[:, 0],
                 self._input_grad((dz_dot, self.wk), (self.dz, tan.vk)))
 
@@ -266,6 +290,7 @@ class _InputBlock:
                  eps: float) -> None:
         u = unfold3x3(x, 2, 1)  # [T, N, K]
         t, n, _ = u.shape
+        wk = wk.mT  # [T, K, F]: this block's products are with U^T
         self.m, self.wk, self.gamma = n, wk, _col(gamma)
         self.u_aug = torch.cat([u, u.new_ones(t, n, 1)], dim=2)  # [U, 1]: U^T dY and sum dY in one product
         self.m_u = u.mean(1, keepdim=True)  # [T, 1, K]
@@ -279,7 +304,7 @@ class _InputBlock:
         self.a = torch.bmm(self.u_aug, torch.cat([wk * gr, _col(beta) - gr * self.mw], dim=1)).relu_()
 
     def backward(self, da: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``(g_W [T, K, F], g_bias (zero: a bias before batch norm cancels), g_gamma, g_beta [T, F], None)``."""
+        """``(g_W [T, F, K], g_bias (zero: a bias before batch norm cancels), g_gamma, g_beta [T, F], None)``."""
         dy = _relu_mask(da, self.a, 0)
         prod = torch.bmm(self.u_aug.transpose(1, 2), dy)  # [T, K + 1, F]
         self.ut_dy, self.g_beta = prod[:, :-1], prod[:, -1:]
@@ -287,23 +312,24 @@ class _InputBlock:
         # U^T dZ = r gamma (U^T dY - mean(U)^T g_beta - r C W^T g_gamma)
         gw = self.r * self.gamma * (self.ut_dy - self.m_u.transpose(1, 2) * self.g_beta
                                     - self.r * self.cw * self.g_gamma)
-        return gw, torch.zeros_like(self.g_beta[:, 0]), self.g_gamma[:, 0], self.g_beta[:, 0], None
+        return gw.mT, torch.zeros_like(self.g_beta[:, 0]), self.g_gamma[:, 0], self.g_beta[:, 0], None
 
     def tangent(self, vk: torch.Tensor, v_gamma: torch.Tensor, v_beta: torch.Tensor
                 ) -> tuple[torch.Tensor, _Tangent]:
         """``(A', kept)`` for the direction's block parameters (a bias direction cancels in batch norm)."""
-        s = self.r * (self.cw * vk).sum(1, keepdim=True)  # mean(xh Z') = r w^T C v
+        vt = vk.mT  # [T, K, F]
+        s = self.r * (self.cw * vt).sum(1, keepdim=True)  # mean(xh Z') = r w^T C v
         gr = self.gamma * self.r
         a2 = (_col(v_gamma) - gr * s) * self.r  # Y' = Uc (gamma r V^T + a2 W^T) + V_beta
-        mv = torch.bmm(self.m_u, vk)
-        w_aug = torch.cat([gr * vk + a2 * self.wk, _col(v_beta) - gr * mv - a2 * self.mw], dim=1)
+        mv = torch.bmm(self.m_u, vt)
+        w_aug = torch.cat([gr * vt + a2 * self.wk, _col(v_beta) - gr * mv - a2 * self.mw], dim=1)
         y_dot = torch.bmm(self.u_aug, w_aug)
-        q = self.r * (vk - self.r * s * self.wk)  # xh' = r (Z' - mean Z' - xh s) = Uc q
+        q = self.r * (vt - self.r * s * self.wk)  # xh' = r (Z' - mean Z' - xh s) = Uc q
         return _relu_mask(y_dot, self.a, 0), _Tangent(vk=vk, rr=-self.r * s, q=q)
 
     def tangent_backward(self, tan: _Tangent, da_dot: torch.Tensor, v_gamma: torch.Tensor
                          ) -> tuple[torch.Tensor, ...]:
-        """``((Hv)_W [T, K, F], (Hv)_bias, (Hv)_gamma, (Hv)_beta [T, F], None)``: the hidden block's ``dZ'``
+        """``((Hv)_W [T, F, K], (Hv)_bias, (Hv)_gamma, (Hv)_beta [T, F], None)``: the hidden block's ``dZ'``
         written as ``c1 dY' + c2 dY + c3 xh' + c4 xh + c5`` and multiplied by ``U^T`` term by term."""
         m, r, gamma, vg, q = self.m, self.r, self.gamma, _col(v_gamma), tan.q
         assert q is not None
@@ -324,7 +350,7 @@ class _InputBlock:
         hw = (ut_dyd * c_dyd + self.ut_dy * c_dy + (m * c_xhd) * torch.bmm(self.cov, q)
               + (m * r * c_xh) * self.cw + m * self.m_u.transpose(1, 2) * c_1)
         h_bias = c_dyd * sum_dyd + c_dy * self.g_beta + m * c_1  # sum dZ' (xh and xh' sum to zero)
-        return hw, h_bias[:, 0], (sum_dyd_xh + sum_dy_xhd)[:, 0], sum_dyd[:, 0], None
+        return hw.mT, h_bias[:, 0], (sum_dyd_xh + sum_dy_xhd)[:, 0], sum_dyd[:, 0], None
 
 
 @dataclass
@@ -357,16 +383,17 @@ class Conv4Analytic:
 
     @staticmethod
     def prepare(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The same values with every kernel ``[..., F, C, 3, 3]`` stored as ``[..., 3, 3, C, F]`` (a permuted
-        view): the layout in which :func:`_kernel_matrix` is a view, and which element-wise arithmetic on such
-        tensors (the inner step, sums of gradients and products) keeps."""
+        """The same values with every kernel ``[..., F, C, 3, 3]`` stored as ``[..., F, 3, 3, C]`` (a permuted
+        view; PyTorch's ``channels_last`` for a convolution's weight): the layout in which :func:`_kernel_matrix`
+        is a view, and which element-wise arithmetic on such tensors (the inner step, sums of gradients and
+        products) keeps."""
         out: dict[str, torch.Tensor] = {}
         for k, v in params.items():
             if k.endswith(".weight") and v.dim() >= 4:
                 n = v.dim()
                 lead = tuple(range(n - 4))
-                v = v.permute(*lead, n - 2, n - 1, n - 3, n - 4).contiguous().permute(*lead, n - 1, n - 2, n - 4,
-                                                                                        n - 3)
+                v = v.permute(*lead, n - 4, n - 2, n - 1, n - 3).contiguous().permute(*lead, n - 4, n - 1, n - 3,
+                                                                                        n - 2)
             out[k] = v
         return out
 

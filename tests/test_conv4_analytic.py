@@ -59,11 +59,11 @@ def test_unfold_is_im2col_and_the_tapwise_fold_its_adjoint(size: int, stride: in
     ref = ref.view(t, b, c, 3, 3, -1).permute(0, 1, 5, 3, 4, 2).reshape(t, -1, 9 * c)
     assert torch.equal(u, ref)
     # the input gradient of sum_i <dZ_i, U K_i>: autograd through the unfold against the tap-wise fold
-    terms = [(torch.randn(t, u.shape[1], 5, generator=g, dtype=DT), torch.randn(t, 9 * c, 5, generator=g, dtype=DT))
+    terms = [(torch.randn(t, u.shape[1], 5, generator=g, dtype=DT), torch.randn(t, 5, 9 * c, generator=g, dtype=DT))
              for _ in range(2)]
     leaf = x.clone().requires_grad_(True)
     uu = unfold3x3(leaf, stride, padding)
-    ref = torch.autograd.grad(sum((dz * torch.bmm(uu, k)).sum() for dz, k in terms), leaf)[0]
+    ref = torch.autograd.grad(sum((dz * torch.bmm(uu, k.mT)).sum() for dz, k in terms), leaf)[0]
     back = fold3x3_products(terms, b, (size, size), stride, padding)
     assert back.shape == x.shape
     assert torch.allclose(back, ref, rtol=0, atol=1e-12)
@@ -131,7 +131,7 @@ def test_prepared_layout_keeps_values_and_makes_the_kernel_matrix_a_view() -> No
         assert torch.equal(prepared[k], params[k])
     w = prepared["conv2.weight"]
     km = _kernel_matrix(w)
-    assert km.data_ptr() == w.data_ptr() and km.shape == (2, 9 * w.shape[2], w.shape[1])
+    assert km.data_ptr() == w.data_ptr() and km.shape == (2, w.shape[1], 9 * w.shape[2])
     step = w - 0.3 * w  # arithmetic keeps the layout
     assert _kernel_matrix(step).is_contiguous()
     f = Conv4Analytic("xs", "ys")
