@@ -30,9 +30,9 @@ class MetaTrainConfig(BaseConfig):
         eval_tasks: tasks per evaluation during training.
         final_eval_tasks: tasks of the final evaluation.
         eval_chunk: tasks adapted at once at evaluation (memory bound; None: all).
-        train_chunk: tasks per meta-gradient program in training on the vmap, batched and analytic paths (memory
-            bound: the analytic path holds every task's activations at once, 1.3 GB for Omniglot 5-way 1-shot
-            with 15 queries and meta-batch 32; None: all, the fastest). The result is the same to rounding.
+        train_chunk: tasks per meta-gradient program in training on the vmap, batched and analytic paths (a
+            memory bound; None: all tasks at once, except on the analytic path, which then chunks large tasks by
+            itself, ``rkmeta_rl.rk.analytic.default_chunk``). The result is the same to rounding.
     """
 
     method: str = "midpoint"

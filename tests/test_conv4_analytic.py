@@ -16,8 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import rkmeta_rl.rk.analytic as analytic_mod
 from rkmeta_rl.rk import PerStage, TaskBatchedLoss, choose_path, meta_gradient
-from rkmeta_rl.rk.analytic import has_analytic
+from rkmeta_rl.rk.analytic import default_chunk, has_analytic
+from rkmeta_rl.rk.batched import task_elements
 from rkmeta_rl.supervised.conv4 import conv4_losses, init_conv4
 from rkmeta_rl.supervised.conv4_analytic import Conv4Analytic, _kernel_matrix, fold3x3_products, unfold3x3
 from rkmeta_rl.supervised.conv4_tasks import conv4_forward_tasks, task_cross_entropy
@@ -187,6 +189,43 @@ def test_two_stage_per_stage_data_and_chunks() -> None:
         got = meta_gradient(params, *losses, stages, "ralston", 0.4, path="analytic", chunk_size=chunk)[0]
         for k in params:
             assert torch.allclose(got[k], ref[k], rtol=0, atol=1e-12), (chunk, k)
+
+
+def test_default_chunk_keeps_small_tasks_together_and_splits_large_ones_evenly() -> None:
+    def episode(queries: int, ways: int = 5) -> dict[str, torch.Tensor]:
+        n = ways * queries
+        return {"xs": torch.zeros(32, ways, 1, 28, 28), "ys": torch.zeros(32, ways, dtype=torch.long),
+                "xq": torch.zeros(32, n, 1, 28, 28), "yq": torch.zeros(32, n, dtype=torch.long)}
+
+    assert default_chunk(episode(1), 32) is None            # 32 x 7,850 elements: one program
+    assert default_chunk(episode(15), 32) == 8              # 32 x 62,800: four chunks of 8
+    assert default_chunk(episode(5), 32) == 16
+    assert default_chunk(episode(1, ways=20), 32) == 16
+    assert default_chunk(episode(15), 1) is None            # one task is one program whatever its size
+
+
+def test_without_a_chunk_size_large_tasks_run_in_chunks_with_the_same_result(monkeypatch: pytest.MonkeyPatch
+                                                                            ) -> None:
+    params, data = _problem(tasks=5)
+    losses = conv4_losses("stride")
+    ref = meta_gradient(params, *losses, data, "midpoint", 0.4, path="loop")[0]
+    sizes: list[int] = []
+    real = analytic_mod._analytic_chunk
+
+    def spy(plan, params, support_loss, query_loss, task_data, n_tasks, stats):  # type: ignore[no-untyped-def]
+        sizes.append(n_tasks)
+        return real(plan, params, support_loss, query_loss, task_data, n_tasks, stats)
+
+    monkeypatch.setattr(analytic_mod, "_analytic_chunk", spy)
+    meta_gradient(params, *losses, data, "midpoint", 0.4, path="analytic")
+    assert sizes == [5]  # small tasks: all at once
+    sizes.clear()
+    # a limit of two tasks' data: three chunks (2, 2, 1)
+    monkeypatch.setattr(analytic_mod, "ANALYTIC_CHUNK_ELEMENTS", 2 * task_elements(data))
+    got = meta_gradient(params, *losses, data, "midpoint", 0.4, path="analytic")[0]
+    assert sizes == [2, 2, 1]
+    for k in params:
+        assert torch.allclose(got[k], ref[k], rtol=0, atol=1e-12), k
 
 
 def test_float32_program_agrees_with_the_loop() -> None:

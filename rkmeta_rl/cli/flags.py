@@ -62,7 +62,8 @@ FIELD_HELP: dict[str, str] = {
     "eval_tasks": "tasks per evaluation during training",
     "final_eval_tasks": "tasks (episodes) of the final evaluation",
     "eval_chunk": "tasks adapted at once at evaluation (memory bound)",
-    "train_chunk": "tasks per meta-gradient program in training (memory bound; default all: the fastest)",
+    "train_chunk": ("tasks per meta-gradient program in training (memory bound; default: all, or the analytic "
+                    "path's own chunks for large tasks)"),
     "dataset": "omniglot | miniimagenet",
     "ways": "classes per episode",
     "shots": "support images per class",

@@ -142,18 +142,18 @@ def choose_path(params: Mapping[str, torch.Tensor], support_loss: Any = None, qu
     * other convolutional settings: ``"loop"`` (vmap turns per-task convolutions into grouped ones, slower).
 
     Measured with ``scripts/bench_fewshot.py`` (Omniglot 5-way 1-shot conv4, meta-batch 32, second order,
-    alpha 0.4, one torch thread, the paths interleaved in one process on a 2-core AMD EPYC; seconds per
+    alpha 0.4, one torch thread, the paths interleaved in one process on a 2-core Intel Xeon; seconds per
     meta-iteration, median wall):
 
     ==========  ======  ======  =======  ========  ==================
     queries     loop    vmap    batched  analytic  analytic / loop
     ==========  ======  ======  =======  ========  ==================
-    1           0.705   0.506   0.497    0.230     0.33 (3.07x faster)
-    15          2.27    --      4.24     1.74      0.77 (1.31x faster)
+    1           0.972   0.676   0.743    0.291     0.30 (3.34x faster)
+    15          2.62    --      5.47     1.66      0.63 (1.58x faster)
     ==========  ======  ======  =======  ========  ==================
 
-    (another run at 1 query, loop and analytic only: 0.643 against 0.254, 2.5x; the machine's speed moves by
-    itself between minutes).
+    (another run at 1 query, loop and analytic only: 1.114 against 0.313, 3.55x; earlier, on a 2-core AMD
+    EPYC: 0.705 / 0.506 / 0.497 / 0.230 at 1 query; the machine's speed also moves by itself between minutes).
 
     With the batched path alone (earlier runs, load average 4-6): 1 query 2.22 s against the loop's 3.70, 15
     queries 15.5 s against 10.7, crossover between 3 and 6 queries per class (7,850 and 15,700 elements of task
@@ -510,8 +510,10 @@ def meta_gradient(
             products, one- and two-stage methods, :mod:`rkmeta_rl.rk.analytic`) or ``"auto"`` (see
             :func:`choose_path`).
         stats: also compute forward-only diagnostics (query loss before, losses after adaptation).
-        chunk_size: optional vmap chunk size (memory bound on large meta-batches); on the batched and analytic
-            paths the tasks per program (default all tasks at once, the fastest measured).
+        chunk_size: optional vmap chunk size (memory bound on large meta-batches); on the batched path the tasks
+            per program (default all tasks at once, the fastest measured); on the analytic path likewise, with
+            the default :func:`rkmeta_rl.rk.analytic.default_chunk` (all tasks at once while their data is small,
+            else chunks of about 600,000 data elements: measured faster, and less memory).
         adapt: the parameters the inner loop moves: a glob, a comma-separated string or a list of globs
             (default every parameter; ANIL is ``adapt="head.*"``); the others have ``alpha_l = 0``.
         compile: ``"auto"`` (default): the vectorised path compiles itself with ``torch.compile`` once the same
