@@ -149,11 +149,13 @@ def choose_path(params: Mapping[str, torch.Tensor], support_loss: Any = None, qu
     queries     loop    vmap    batched  analytic  analytic / loop
     ==========  ======  ======  =======  ========  ==================
     1           0.972   0.676   0.743    0.291     0.30 (3.34x faster)
-    15          2.62    --      5.47     1.66      0.63 (1.58x faster)
+    15          2.58    --      5.25     1.39      0.54 (1.86x faster)
     ==========  ======  ======  =======  ========  ==================
 
-    (another run at 1 query, loop and analytic only: 1.114 against 0.313, 3.55x; earlier, on a 2-core AMD
-    EPYC: 0.705 / 0.506 / 0.497 / 0.230 at 1 query; the machine's speed also moves by itself between minutes).
+    (two more runs at 1 query, loop and analytic only: 1.114 against 0.313, 3.55x, and 1.022 against 0.266,
+    3.85x; earlier, on a 2-core AMD EPYC: 0.705 / 0.506 / 0.497 / 0.230 at 1 query; the machine's speed also
+    moves by itself between minutes. At 15 queries the analytic path computes the tasks in four chunks of 8,
+    :func:`rkmeta_rl.rk.analytic.default_chunk`).
 
     With the batched path alone (earlier runs, load average 4-6): 1 query 2.22 s against the loop's 3.70, 15
     queries 15.5 s against 10.7, crossover between 3 and 6 queries per class (7,850 and 15,700 elements of task
