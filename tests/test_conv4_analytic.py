@@ -202,6 +202,8 @@ def test_default_chunk_keeps_small_tasks_together_and_splits_large_ones_evenly()
     assert default_chunk(episode(5), 32) == 16
     assert default_chunk(episode(1, ways=20), 32) == 16
     assert default_chunk(episode(15), 1) is None            # one task is one program whatever its size
+    on_meta = {k: v.to("meta") for k, v in episode(15).items()}
+    assert default_chunk(on_meta, 32) is None               # the rule is the CPU's: other devices take all at once
 
 
 def test_without_a_chunk_size_large_tasks_run_in_chunks_with_the_same_result(monkeypatch: pytest.MonkeyPatch
