@@ -34,8 +34,8 @@ input is data, evaluates the same equations through products with its unfolded i
 hidden blocks form an input gradient one kernel tap at a time (:func:`fold3x3_products`).
 
 Activations are channels-last, ``[T, N, C]`` (images ``[T, B, H, W, C]``). :func:`unfold3x3` writes the
-unfolded images ``[T, B, Ho, Wo, 3, 3, C]`` with nine strided copies whose innermost runs are whole channel
-vectors, and :func:`fold3x3_products` its adjoint (nine strided additions); both are several times faster on the
+unfolded images ``[T, B, Ho, Wo, 3, 3, C]`` with copies whose innermost runs are whole channel vectors, and
+:func:`fold3x3_products` its adjoint (nine strided additions); both are several times faster on the
 CPU than ``F.unfold`` / ``F.fold`` and the layout changes around them. Everything is tested against autograd in
 float64 (``tests/test_conv4_analytic.py``), the Hessian-vector product also against central finite differences
 of the gradient.
@@ -86,9 +86,9 @@ def unfold3x3(x: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
 
     With several channels the images are first copied into a zero-bordered buffer, and one copy then reads the
     strided view of every output position's 3x3 window and writes the result in memory order (nine copies, one
-    per tap, each writing 1/9 of every row of an unfolded matrix that is not in cache, were measured 1.5-2x
-    slower inside the meta-gradient). With one channel (data images) the nine strided tap copies are faster: the
-    window's runs are single numbers.
+    per tap, each writing 1/9 of every row of an unfolded matrix that is not in cache, took 1.2-1.3x as long
+    inside the meta-gradient, and twice as long timed alone with cold caches). With one channel (data images)
+    the nine strided tap copies are faster: the window's runs are single numbers.
     """
     t, b, h, w, c = x.shape
     ho, wo = _out_size(h, stride, padding), _out_size(w, stride, padding)
