@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from rkmeta_rl.supervised.conv4 import conv4_forward, init_conv4
+from rkmeta_rl.supervised.mlp import init_mlp, mlp_forward
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "bench_peers.py")
@@ -88,18 +89,30 @@ def test_without_learn2learn_it_says_so_and_exits_zero(tmp_path: Path, capsys: p
     assert out["learn2learn"] is None and "maml.py" in out["reason"]
 
 
+@pytest.mark.parametrize("workload", ["omniglot", "sinusoid"])
 def test_the_harness_runs_and_both_sides_compute_the_same_meta_gradient(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], clean_modules: object) -> None:
+        workload: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], clean_modules: object) -> None:
     src = _source_tree(tmp_path)
-    assert load().main(["--learn2learn-src", str(src), "--iters", "1", "--warmup", "0"]) == 0
+    flags = ["--workload", workload, "--learn2learn-src", str(src), "--rounds", "1", "--warmup", "0", "--block", "2",
+             "--warmup-max-s", "0"]
+    assert load().main(flags) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["workload"] == workload
     assert out["max_rel_diff"] < 1e-4  # a second-order MAML written independently agrees with meta_gradient
-    assert out["learn2learn_version"] == "9.9.9" and out["rkmeta_path"] == "analytic"
+    assert out["learn2learn_version"] == "9.9.9"
+    if workload == "omniglot":
+        assert out["rkmeta_path"] == "analytic"
     for side in ("learn2learn", "rkmeta", "loop"):
         assert out[f"{side}_s_per_iter"] > 0
 
 
+def test_the_nn_mlp_is_the_functional_mlp() -> None:
+    params = init_mlp((1, 40, 40, 1), generator=torch.Generator().manual_seed(0))
+    x = torch.rand(10, 1, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(load().MLP(params)(x), mlp_forward(params, x), rtol=0, atol=1e-6)
+
+
 def test_bad_flags_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        load().main(["--iters", "0"])
-    assert exc.value.code == 2 and "--iters must be >= 1" in capsys.readouterr().err
+        load().main(["--rounds", "0"])
+    assert exc.value.code == 2 and "--rounds and --block must be >= 1" in capsys.readouterr().err
