@@ -30,9 +30,12 @@ def _check(res: dict, width: int, tasks: int) -> None:
 
 
 def test_bench_nav_reference_setting() -> None:
-    res = _bench()
+    res = _bench("--reference-seconds", "4.0")
     assert res["config"] == "reference" and res["method"] == "midpoint"
-    assert "64x64 tanh" in res["setting"] and res["speedup_vs_reference"] > 0
+    assert "64x64 tanh" in res["setting"]
+    # a reference time is the user's input, never a number of the script's own
+    assert res["reference_seconds_per_iteration_given"] == 4.0
+    assert res["speedup_vs_reference"] == pytest.approx(4.0 / res["seconds_per_iteration"], rel=0.02)
     _check(res, 64, 20)
 
 
