@@ -4,21 +4,17 @@ not installed in CI, so a small stand-in with learn2learn's MAML interface (``cl
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
+from conftest import load_script
 
 from rkmeta_rl.supervised.conv4 import conv4_forward, init_conv4
 from rkmeta_rl.supervised.mlp import init_mlp, mlp_forward
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "scripts", "bench_peers.py")
 
 # learn2learn's MAML interface, second order, written with torch.func: what the harness calls, nothing more
 STAND_IN = '''
@@ -46,11 +42,7 @@ class MAML(torch.nn.Module):
 
 
 def load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_peers", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench_peers")
 
 
 @pytest.fixture
