@@ -10,6 +10,11 @@ torch thread, after a few warm-up iterations each; the median is reported, in wa
 seconds (the latter less disturbed by other processes on a shared machine).
 
     python scripts/bench_fewshot.py [--data-root DIR] [--random-images] [--queries 1] [--iters 6]
+    python scripts/bench_fewshot.py --random-images --queries 15 --paths analytic,analytic:all,analytic:4
+
+A path may carry a chunk size, ``path:N`` (``N`` tasks per program, ``meta_gradient``'s ``chunk_size``) or
+``path:all`` (every task in one program); a bare path takes ``meta_gradient``'s default (on the analytic path
+:func:`rkmeta_rl.rk.analytic.default_chunk`). The loop path takes no chunk size.
 
 Last line: JSON with ``{path}_s_per_iter`` (median wall seconds) and ``{path}_cpu_s_per_iter`` for each path,
 ``chosen`` (``rkmeta_rl.rk.choose_path(params, support_loss, query_loss, batch)``, what ``path="auto"``
@@ -60,6 +65,21 @@ def batches(args: argparse.Namespace, n: int) -> list[TaskBatch]:
     return [sampler.sample(args.meta_batch) for _ in range(n)]
 
 
+def chunk_size(variant: str, meta_batch: int) -> int | None:
+    """``meta_gradient``'s ``chunk_size`` for a ``--paths`` entry: ``path`` (None, the default), ``path:all``
+    (the whole meta-batch) or ``path:N``."""
+    path, _, chunk = variant.partition(":")
+    if not chunk:
+        return None
+    if path == "loop":
+        raise ValueError("the loop path takes no chunk size")
+    if chunk == "all":
+        return meta_batch
+    if not chunk.isdigit() or int(chunk) < 1:
+        raise ValueError(f"{variant!r}: the chunk size is a positive integer or 'all'")
+    return int(chunk)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", type=Path, default=None,
@@ -78,9 +98,13 @@ def main() -> None:
     p.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
     args = p.parse_args()
     paths = tuple(args.paths.split(","))
-    bad = [x for x in paths if x not in PATHS]
+    bad = [x for x in paths if x.partition(":")[0] not in PATHS]
     if bad or not paths:
-        p.error(f"--paths: unknown path(s) {bad} (choose from {', '.join(PATHS)})")
+        p.error(f"--paths: unknown path(s) {bad} (choose from {', '.join(PATHS)}, optionally with :N or :all)")
+    try:
+        chunks = {x: chunk_size(x, args.meta_batch) for x in paths}
+    except ValueError as e:
+        p.error(f"--paths: {e}")
     torch.set_num_threads(1)
     retain_freed_memory()  # as the training commands do
 
@@ -99,7 +123,7 @@ def main() -> None:
         for path in order:
             t, c = time.perf_counter(), time.process_time()
             grads, stats = meta_gradient(params[path], support_loss, query_loss, batch, "midpoint", args.inner_lr, 1,
-                                         path=path)
+                                         path=path.partition(":")[0], chunk_size=chunks[path])
             for k, v in params[path].items():
                 v.grad = grads[k]
             optims[path].step()

@@ -109,11 +109,12 @@ def default_chunk(task_data: Any, n_tasks: int) -> int | None:
     matrices of all tasks (270 MB for the conv4's second block at 15 queries per class, meta-batch 32) no longer
     stay anywhere near the caches, and chunks of about 600,000 data elements were 5-20 % faster in interleaved
     runs (``bench_fewshot.py``'s setting, one thread, medians of 5-7 iterations; the machine's noise is of the
-    same size, but no setting was measured slower): Omniglot 5-way 1-shot with 15 queries per class, 1.77 ->
-    1.57 s and 1.34 -> 1.29 s; 5 queries 0.63 -> 0.56-0.60 s; 20-way 1-shot, 1 query 1.08 -> 0.98 s, 5 queries
-    2.66 -> 2.41 s; with 1 query per class (7,850 elements per task) every task stays in one program. The peak
-    memory falls with the chunk. The rule is the CPU's: data on another device (a GPU, which wants its programs
-    large) is computed all at once.
+    same size, but no setting was measured slower; re-measure with ``python scripts/bench_fewshot.py
+    --random-images --queries 15 --paths analytic,analytic:all,analytic:4`` and ``--ways``, ``--shots``):
+    Omniglot 5-way 1-shot with 15 queries per class, 1.77 -> 1.57 s and 1.34 -> 1.29 s; 5 queries 0.63 ->
+    0.56-0.60 s; 20-way 1-shot, 1 query 1.08 -> 0.98 s, 5 queries 2.66 -> 2.41 s; with 1 query per class
+    (7,850 elements per task) every task stays in one program. The peak memory falls with the chunk. The rule
+    is the CPU's: data on another device (a GPU, which wants its programs large) is computed all at once.
     """
     leaves = torch.utils._pytree.tree_leaves(tuple(task_data) if isinstance(task_data, tuple) else task_data)
     if any(isinstance(x, torch.Tensor) and x.device.type != "cpu" for x in leaves):
