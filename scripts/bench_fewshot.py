@@ -39,7 +39,7 @@ from rkmeta_rl.common.allocator import retain_freed_memory
 from rkmeta_rl.data import omniglot_root
 from rkmeta_rl.rk import choose_path, meta_gradient
 from rkmeta_rl.supervised.conv4 import conv4_losses, init_conv4
-from rkmeta_rl.supervised.episodes import EpisodeSampler, TaskBatch
+from rkmeta_rl.supervised.episodes import EpisodeSampler, TaskBatch, random_episodes
 from rkmeta_rl.supervised.omniglot import load_omniglot, omniglot_splits
 
 PATHS = ("loop", "vmap", "batched", "analytic")
@@ -49,14 +49,7 @@ def batches(args: argparse.Namespace, n: int) -> list[TaskBatch]:
     """``n`` meta-batches of real Omniglot training tasks, or of uniform random images of the same shape."""
     if args.random_images:
         g = torch.Generator().manual_seed(args.seed)
-        labels = torch.arange(args.ways)
-        out = []
-        for _ in range(n):
-            out.append({"xs": torch.rand(args.meta_batch, args.ways * args.shots, 1, 28, 28, generator=g),
-                        "ys": labels.repeat_interleave(args.shots).repeat(args.meta_batch, 1),
-                        "xq": torch.rand(args.meta_batch, args.ways * args.queries, 1, 28, 28, generator=g),
-                        "yq": labels.repeat_interleave(args.queries).repeat(args.meta_batch, 1)})
-        return out
+        return [random_episodes(args.meta_batch, args.ways, args.shots, args.queries, g) for _ in range(n)]
     t0 = time.perf_counter()
     data = load_omniglot(omniglot_root(args.data_root), 28, cache_dir=args.cache_dir)
     print(f"Omniglot loaded in {time.perf_counter() - t0:.1f} s ({len(data.images)} images)", flush=True)

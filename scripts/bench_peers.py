@@ -55,6 +55,7 @@ from rkmeta_rl.common.allocator import retain_freed_memory
 from rkmeta_rl.rk import autocompile, choose_path, meta_gradient
 from rkmeta_rl.supervised.config import MetaTrainConfig
 from rkmeta_rl.supervised.conv4 import BLOCKS, conv4_losses, init_conv4
+from rkmeta_rl.supervised.episodes import TaskBatch, random_episodes
 from rkmeta_rl.supervised.sinusoid_problem import SinusoidProblem
 from rkmeta_rl.supervised.trainer import MetaTrainer
 
@@ -62,7 +63,6 @@ from rkmeta_rl.supervised.trainer import MetaTrainer
 WAYS, SHOTS, QUERIES, META_BATCH, FILTERS, ALPHA = 5, 1, 1, 32, 64, 0.4
 #: sinusoid: meta-batch and inner rate (``MetaTrainConfig``'s defaults, as ``bench_meta_gradient.py``)
 SINE_TASKS, SINE_ALPHA = 25, 0.01
-Batch = dict[str, torch.Tensor]
 
 
 def load_learn2learn(src: Path | None) -> Any:
@@ -142,7 +142,7 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-def learn2learn_meta_gradient(maml: Any, batch: Batch, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+def learn2learn_meta_gradient(maml: Any, batch: TaskBatch, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
                               ) -> None:
     """One meta-gradient by learn2learn's MAML loop, into the model's ``.grad`` (zeroed first)."""
     maml.zero_grad()
@@ -151,15 +151,6 @@ def learn2learn_meta_gradient(maml: Any, batch: Batch, loss: Callable[[torch.Ten
         learner = maml.clone()
         learner.adapt(loss(learner(batch["xs"][t]), batch["ys"][t]))
         (loss(learner(batch["xq"][t]), batch["yq"][t]) / n).backward()
-
-
-def omniglot_batches(n: int, seed: int) -> list[Batch]:
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(WAYS)
-    return [{"xs": torch.rand(META_BATCH, WAYS * SHOTS, 1, 28, 28, generator=g),
-             "ys": labels.repeat_interleave(SHOTS).repeat(META_BATCH, 1),
-             "xq": torch.rand(META_BATCH, WAYS * QUERIES, 1, 28, 28, generator=g),
-             "yq": labels.repeat_interleave(QUERIES).repeat(META_BATCH, 1)} for _ in range(n)]
 
 
 def _max_rel_diff(ours: Mapping[str, torch.Tensor], theirs: Mapping[str, torch.Tensor]) -> float:
@@ -173,7 +164,8 @@ def omniglot(maml_cls: Any, seed: int) -> tuple[dict[str, Callable[[], None]], f
     losses = conv4_losses("stride")
     model = Conv4(init)
     maml = maml_cls(model, lr=ALPHA, first_order=False)
-    data = omniglot_batches(4, seed)
+    g = torch.Generator().manual_seed(seed)
+    data = [random_episodes(META_BATCH, WAYS, SHOTS, QUERIES, g) for _ in range(4)]
     learn2learn_meta_gradient(maml, data[0], F.cross_entropy)
     diff = _max_rel_diff(meta_gradient(init, *losses, data[0], "midpoint", ALPHA, 1)[0], _grads(model, model.names))
 
@@ -181,7 +173,7 @@ def omniglot(maml_cls: Any, seed: int) -> tuple[dict[str, Callable[[], None]], f
     optims: dict[str, torch.optim.Optimizer] = {side: torch.optim.Adam(params[side].values(), lr=1e-3)
                                                 for side in params}
     optims["learn2learn"] = torch.optim.Adam(model.parameters(), lr=1e-3)
-    feeds: dict[str, Iterator[Batch]] = {side: itertools.cycle(data) for side in ("learn2learn", "rkmeta", "loop")}
+    feeds: dict[str, Iterator[TaskBatch]] = {side: itertools.cycle(data) for side in ("learn2learn", "rkmeta", "loop")}
 
     def ours(side: str) -> None:
         grads = meta_gradient(params[side], *losses, next(feeds[side]), "midpoint", ALPHA, 1,

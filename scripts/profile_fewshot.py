@@ -41,6 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from rkmeta_rl.common.allocator import retain_freed_memory
 from rkmeta_rl.rk import meta_gradient
 from rkmeta_rl.supervised.conv4 import conv4_losses, init_conv4
+from rkmeta_rl.supervised.episodes import random_episodes
 
 PRODUCTS = {"bmm", "baddbmm", "mm", "addmm"}
 
@@ -86,11 +87,8 @@ def main() -> None:
     torch.set_num_threads(1)
     retain_freed_memory()  # as the training commands do
     g = torch.Generator().manual_seed(args.seed)
-    ways, t = 5, args.meta_batch
-    labels = torch.arange(ways)
-    batches = [{"xs": torch.rand(t, ways, 1, 28, 28, generator=g), "ys": labels.repeat(t, 1),
-                "xq": torch.rand(t, ways * args.queries, 1, 28, 28, generator=g),
-                "yq": labels.repeat_interleave(args.queries).repeat(t, 1)} for _ in range(4)]
+    ways = 5
+    batches = [random_episodes(args.meta_batch, ways, 1, args.queries, g) for _ in range(4)]
     init = init_conv4(1, ways, filters=64, pool="stride", image_size=28, generator=g)
     losses = conv4_losses("stride")
 

@@ -21,9 +21,20 @@ import torch
 
 from .class_split import ClassSplit
 
-__all__ = ["EpisodeSampler", "TaskBatch"]
+__all__ = ["EpisodeSampler", "TaskBatch", "random_episodes"]
 
 TaskBatch = dict[str, torch.Tensor]
+
+
+def random_episodes(tasks: int, ways: int, shots: int, queries: int, generator: torch.Generator,
+                    image_size: int = 28, channels: int = 1) -> TaskBatch:
+    """A batch in :class:`EpisodeSampler`'s format with uniform random images (labels in class order): what a
+    benchmark needs when only the shapes matter, not the pixels."""
+    labels = torch.arange(ways)
+    return {"xs": torch.rand(tasks, ways * shots, channels, image_size, image_size, generator=generator),
+            "ys": labels.repeat_interleave(shots).repeat(tasks, 1),
+            "xq": torch.rand(tasks, ways * queries, channels, image_size, image_size, generator=generator),
+            "yq": labels.repeat_interleave(queries).repeat(tasks, 1)}
 
 
 class EpisodeSampler:

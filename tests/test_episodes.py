@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rkmeta_rl.supervised.class_split import ClassSplit
-from rkmeta_rl.supervised.episodes import EpisodeSampler
+from rkmeta_rl.supervised.episodes import EpisodeSampler, random_episodes
 
 
 def _split(classes: int = 8, per_class: int = 20, rotations: tuple[int, ...] = (0,)) -> ClassSplit:
@@ -104,3 +104,10 @@ def test_fewshot_problem_train_and_test_queries() -> None:
         FewShotProblem("omniglot", tr, te, test_queries=0)
     with pytest.raises(ValueError, match=r"shots \+ queries = 1 \+ 20 = 21"):
         FewShotProblem("omniglot", tr, te, ways=5, shots=1, queries=1, test_queries=20)
+
+
+def test_random_episodes_have_the_samplers_format() -> None:
+    b = random_episodes(3, 5, 2, 4, torch.Generator().manual_seed(0), image_size=12, channels=3)
+    assert b["xs"].shape == (3, 10, 3, 12, 12) and b["xq"].shape == (3, 20, 3, 12, 12)
+    assert b["ys"].dtype == torch.int64 and b["ys"][0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert b["yq"].shape == (3, 20) and bool((b["xs"] >= 0).all() and (b["xs"] < 1).all())
