@@ -6,11 +6,14 @@ alpha 0.4) over a meta-batch of 32 tasks of 5-way 1-shot with ``--queries`` quer
 original MAML code's Omniglot training; 15 by default), on the strided conv4 with 64 filters
 (docs/protocols.md), plus an Adam step. Task sampling is outside the timed region; every path sees the same
 batches. The paths alternate iteration by iteration (order reversed every iteration) in one process with one
-torch thread, after a few warm-up iterations each; the median is reported, in wall-clock and in process CPU
-seconds (the latter less disturbed by other processes on a shared machine).
+torch thread (``--threads N``: N; ``--threads 0``: what the training commands take without ``--threads``,
+:func:`rkmeta_rl.utils.default_threads`), after a few warm-up iterations each; the median is reported, in
+wall-clock and in process CPU seconds (the latter less disturbed by other processes on a shared machine; with
+several threads it adds up theirs).
 
     python scripts/bench_fewshot.py [--data-root DIR] [--random-images] [--queries 1] [--iters 6]
     python scripts/bench_fewshot.py --random-images --queries 15 --paths analytic,analytic:all,analytic:4
+    python scripts/bench_fewshot.py --queries 1 --paths loop,analytic --threads 0   # the commands' threads
 
 A path may carry a chunk size, ``path:N`` (``N`` tasks per program, ``meta_gradient``'s ``chunk_size``) or
 ``path:all`` (every task in one program); a bare path takes ``meta_gradient``'s default (on the analytic path
@@ -41,6 +44,7 @@ from rkmeta_rl.rk import choose_path, meta_gradient
 from rkmeta_rl.supervised.conv4 import conv4_losses, init_conv4
 from rkmeta_rl.supervised.episodes import EpisodeSampler, TaskBatch, random_episodes
 from rkmeta_rl.supervised.omniglot import load_omniglot, omniglot_splits
+from rkmeta_rl.utils import default_threads, set_threads
 
 PATHS = ("loop", "vmap", "batched", "analytic")
 
@@ -88,6 +92,8 @@ def main() -> None:
     p.add_argument("--filters", type=int, default=64)
     p.add_argument("--inner-lr", type=float, default=0.4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1; 0: the training commands' default, all idle cores)")
     p.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
     args = p.parse_args()
     paths = tuple(args.paths.split(","))
@@ -98,7 +104,9 @@ def main() -> None:
         chunks = {x: chunk_size(x, args.meta_batch) for x in paths}
     except ValueError as e:
         p.error(f"--paths: {e}")
-    torch.set_num_threads(1)
+    if args.threads < 0:
+        p.error(f"--threads must be >= 0, got {args.threads}")
+    set_threads(args.threads or default_threads())
     retain_freed_memory()  # as the training commands do
 
     load_start = os.getloadavg()[0]

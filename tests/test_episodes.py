@@ -63,6 +63,41 @@ def test_reproducible_with_seed_and_generator() -> None:
     assert all(torch.equal(next(it)[k], s2.sample(2)[k]) for k in ("xs", "ys", "xq", "yq"))
 
 
+def _one_task_at_a_time(sampler: EpisodeSampler, num_tasks: int) -> dict[str, torch.Tensor]:
+    """The plain reference: draw and assemble each task on its own, class by class, with ``ClassSplit.fetch``."""
+    n, k, q, split = sampler.ways, sampler.shots, sampler.queries, sampler.split
+    parts = []
+    for _ in range(num_tasks):
+        classes = sampler.rng.choice(split.num_classes, size=n, replace=False)
+        labels = sampler.rng.permutation(n)
+        xs, xq = [], []
+        for c in classes:
+            x = split.fetch(int(c), sampler.rng.choice(split.class_size(int(c)), size=k + q, replace=False))
+            xs.append(x[:k])
+            xq.append(x[k:])
+        ps, pq = torch.from_numpy(sampler.rng.permutation(n * k)), torch.from_numpy(sampler.rng.permutation(n * q))
+        parts.append((torch.cat(xs)[ps], torch.from_numpy(np.repeat(labels, k))[ps], torch.cat(xq)[pq],
+                      torch.from_numpy(np.repeat(labels, q))[pq]))
+    return dict(zip(("xs", "ys", "xq", "yq"), (torch.stack(p) for p in zip(*parts))))
+
+
+@pytest.mark.parametrize("ways,shots,queries,rotations", [(5, 1, 1, (0, 1, 2, 3)), (3, 2, 4, (0, 2)),
+                                                           (4, 1, 15, (0,)), (1, 3, 2, (1, 3))])
+def test_batches_equal_one_task_at_a_time(ways: int, shots: int, queries: int, rotations: tuple[int, ...]) -> None:
+    """The batched assembly gives exactly the batches of drawing and assembling one task at a time (the same
+    random draws in the same order, the same pixels, rotations and labels), batch after batch."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (120, 6, 6, 2), dtype=torch.uint8, generator=g)  # not rotation-symmetric
+    split = ClassSplit.from_labels(images, np.repeat(np.arange(6), 20), [f"c{i}" for i in range(6)], rotations)
+    fast = EpisodeSampler(split, ways, shots, queries, seed=11)
+    plain = EpisodeSampler(split, ways, shots, queries, seed=11)
+    for size in (1, 7, 3):
+        a, b = fast.sample(size), _one_task_at_a_time(plain, size)
+        for key in ("xs", "ys", "xq", "yq"):
+            assert a[key].dtype == (torch.int64 if key[0] == "y" else torch.float32)
+            assert torch.equal(a[key], b[key].to(a[key].dtype)), key
+
+
 def test_rotation_classes_are_drawn() -> None:
     split = _split(classes=2, per_class=20, rotations=(0, 1, 2, 3))
     assert split.num_classes == 8
