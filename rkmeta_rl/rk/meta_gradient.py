@@ -155,7 +155,8 @@ def choose_path(params: Mapping[str, torch.Tensor], support_loss: Any = None, qu
     (two more runs at 1 query, loop and analytic only: 1.114 against 0.313, 3.55x, and 1.022 against 0.266,
     3.85x; earlier, on a 2-core AMD EPYC: 0.705 / 0.506 / 0.497 / 0.230 at 1 query; the machine's speed also
     moves by itself between minutes. At 15 queries the analytic path computes the tasks in four chunks of 8,
-    :func:`rkmeta_rl.rk.analytic.default_chunk`).
+    :func:`rkmeta_rl.rk.analytic.default_chunk`). A later, quieter session on the same kind of machine: 2.98-3.51x
+    at 1 query in six runs with one thread, 4.76-5.73x with two threads (``--threads 2``, three runs).
 
     With the batched path alone (earlier runs, load average 4-6): 1 query 2.22 s against the loop's 3.70, 15
     queries 15.5 s against 10.7, crossover between 3 and 6 queries per class (7,850 and 15,700 elements of task
