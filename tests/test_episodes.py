@@ -96,6 +96,7 @@ def test_batches_equal_one_task_at_a_time(ways: int, shots: int, queries: int, r
         for key in ("xs", "ys", "xq", "yq"):
             assert a[key].dtype == (torch.int64 if key[0] == "y" else torch.float32)
             assert torch.equal(a[key], b[key].to(a[key].dtype)), key
+            assert a[key].is_contiguous(), key
 
 
 def test_rotation_classes_are_drawn() -> None:
