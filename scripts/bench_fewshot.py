@@ -14,6 +14,12 @@ several threads it adds up theirs).
     python scripts/bench_fewshot.py [--data-root DIR] [--random-images] [--queries 1] [--iters 6]
     python scripts/bench_fewshot.py --random-images --queries 15 --paths analytic,analytic:all,analytic:4
     python scripts/bench_fewshot.py --queries 1 --paths loop,analytic --threads 0   # the commands' threads
+    python scripts/bench_fewshot.py --queries 15 --paths loop,analytic --diagnostics both
+
+Every meta-gradient also computes the forward-only diagnostics (query loss before, support loss after adaptation;
+``meta_gradient``'s ``stats``) unless ``--diagnostics off``; ``--diagnostics both`` times each path both ways,
+interleaved, the second as ``{path}/nodiag`` (the few-shot presets compute them every 10th iteration only,
+``diagnostics_interval``).
 
 A path may carry a chunk size, ``path:N`` (``N`` tasks per program, ``meta_gradient``'s ``chunk_size``) or
 ``path:all`` (every task in one program); a bare path takes ``meta_gradient``'s default (on the analytic path
@@ -94,6 +100,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1; 0: the training commands' default, all idle cores)")
+    p.add_argument("--diagnostics", choices=("on", "off", "both"), default="on",
+                   help="compute the forward-only diagnostics in each meta-gradient (both: time each path "
+                        "with and without, as PATH and PATH/nodiag)")
     p.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
     args = p.parse_args()
     paths = tuple(args.paths.split(","))
@@ -108,6 +117,11 @@ def main() -> None:
         p.error(f"--threads must be >= 0, got {args.threads}")
     set_threads(args.threads or default_threads())
     retain_freed_memory()  # as the training commands do
+
+    if args.diagnostics == "both":
+        paths = paths + tuple(f"{x}/nodiag" for x in paths)
+        chunks.update({f"{x}/nodiag": chunks[x] for x in chunks})
+    diagnostics = {x: args.diagnostics != "off" and not x.endswith("/nodiag") for x in paths}
 
     load_start = os.getloadavg()[0]
     data = batches(args, args.warmup + args.iters)
@@ -124,7 +138,8 @@ def main() -> None:
         for path in order:
             t, c = time.perf_counter(), time.process_time()
             grads, stats = meta_gradient(params[path], support_loss, query_loss, batch, "midpoint", args.inner_lr, 1,
-                                         path=path.partition(":")[0], chunk_size=chunks[path])
+                                         path=path.partition(":")[0].partition("/")[0], chunk_size=chunks[path],
+                                         stats=diagnostics[path])
             for k, v in params[path].items():
                 v.grad = grads[k]
             optims[path].step()
@@ -143,10 +158,11 @@ def main() -> None:
         result[f"{path}_s_per_iter"] = round(med[path], 4)
         result[f"{path}_cpu_s_per_iter"] = round(med_cpu[path], 4)
         result[f"{path}_s_per_iter_all"] = [round(x, 3) for x in times[path]]
-    if "loop" in paths:
-        for path in paths:
-            result[f"{path}_speedup_vs_loop"] = round(med["loop"] / med[path], 3)
-            result[f"{path}_cpu_speedup_vs_loop"] = round(med_cpu["loop"] / med_cpu[path], 3)
+    for path in paths:
+        loop = "loop/nodiag" if path.endswith("/nodiag") else "loop"  # the loop computing the same statistics
+        if loop in paths:
+            result[f"{path}_speedup_vs_loop"] = round(med[loop] / med[path], 3)
+            result[f"{path}_cpu_speedup_vs_loop"] = round(med_cpu[loop] / med_cpu[path], 3)
     result["chosen"] = chosen
     if chosen in paths:
         if "loop" in paths:
@@ -156,6 +172,7 @@ def main() -> None:
         "setting": {"ways": args.ways, "shots": args.shots, "queries": args.queries, "meta_batch": args.meta_batch,
                     "filters": args.filters, "pool": "stride", "second_order": True,
                     "data": "random" if args.random_images else "omniglot", "warmup": args.warmup,
+                    "diagnostics": args.diagnostics,
                     "iters": args.iters},
         "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
         "numpy": np.__version__,

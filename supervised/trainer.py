@@ -164,16 +164,18 @@ class MetaTrainer(BaseMetaAlgorithm):
             self.task_gen.manual_seed(rank_seed(self.config.seed + 1 + int(state["num_iterations"]), self.dist.rank))
 
     # ------------------------------------------------------------------ one step
-    def _meta_gradient(self, data: Any) -> tuple[Params, dict[str, float]]:
+    def _meta_gradient(self, data: Any, stats: bool = True) -> tuple[Params, dict[str, float]]:
         c = self.config
         kwargs = dict(method=self.method_spec, adapt=c.adapt, inner_lr=c.inner_lr, inner_steps=c.inner_steps,
                       step_rule=c.step_rule, first_order=c.first_order, path=c.path)
         compile = "auto" if self._compile is None else self._compile  # failures fall back inside, with a warning
         return meta_gradient(self.params, self.problem.support_loss, self.problem.query_loss, data,
-                             compile=compile, chunk_size=c.train_chunk, **kwargs)
+                             compile=compile, chunk_size=c.train_chunk, stats=stats, **kwargs)
 
     def train_iteration(self) -> dict[str, float]:
-        """One meta-iteration: sample tasks, RK meta-gradient, Adam step. Returns ``train/*`` statistics.
+        """One meta-iteration: sample tasks, RK meta-gradient, Adam step. Returns ``train/*`` statistics (the
+        forward-only diagnostics ``query_loss_pre`` and ``support_loss_post`` on every
+        ``config.diagnostics_interval``-th iteration only).
 
         Raises :class:`NonFiniteError` before the Adam step when a loss or the gradient is not finite (the
         parameters stay the last good ones). Under data parallelism this rank samples ``local_batch_size``
@@ -182,7 +184,8 @@ class MetaTrainer(BaseMetaAlgorithm):
         Adam step."""
         c = self.config
         data = self.problem.sample_tasks(self.local_batch_size, self.task_gen, self.groups.stages, self.device)
-        grads, stats = self._meta_gradient(data)
+        # the forward-only diagnostics on every diagnostics_interval-th iteration (the same on every rank)
+        grads, stats = self._meta_gradient(data, stats=(self.num_iterations + 1) % c.diagnostics_interval == 0)
         if self.dist.distributed:
             keys = sorted(k for k in stats if k != "num_tasks")
             local = list(grads.values()) + [torch.tensor([stats[k] for k in keys], dtype=torch.float64)]

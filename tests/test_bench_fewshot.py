@@ -25,10 +25,10 @@ def test_a_tiny_run_prints_every_variant_and_the_choice() -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_fewshot.py"), "--random-images",
                           "--meta-batch", "4", "--queries", "1", "--filters", "8", "--iters", "1", "--warmup", "0",
-                          "--paths", "loop,analytic,analytic:2", "--threads", "2"], capture_output=True, text=True,
-                         env=env, timeout=600, check=True)
+                          "--paths", "loop,analytic,analytic:2", "--threads", "2", "--diagnostics", "both"],
+                         capture_output=True, text=True, env=env, timeout=600, check=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    for variant in ("loop", "analytic", "analytic:2"):
-        assert res[f"{variant}_s_per_iter"] > 0
+    for variant in ("loop", "analytic", "analytic:2", "loop/nodiag", "analytic/nodiag", "analytic:2/nodiag"):
+        assert res[f"{variant}_s_per_iter"] > 0 and res[f"{variant}_speedup_vs_loop"] > 0
     assert res["chosen"] == "analytic" and res["analytic_speedup_vs_loop"] > 0
     assert res["threads"] == 2

@@ -93,3 +93,44 @@ def test_train_chunk_bounds_memory_and_keeps_the_meta_gradient(monkeypatch: pyte
         assert torch.allclose(ga[k], gb[k], rtol=1e-4, atol=1e-6), k
     with pytest.raises(ValueError, match="train_chunk"):
         gpu_check._paper_fewshot("cpu", train_chunk=0)
+
+
+def test_diagnostics_every_nth_iteration_log_their_mean_and_train_the_same(tmp_path) -> None:
+    """``diagnostics_interval=3``: the two forward-only diagnostics on iterations 3 and 6 only, logged as the mean
+    over the iterations that have them; the losses the meta-gradient computes anyway every iteration, logged as
+    the mean over all; the parameters after training bit for bit those of ``diagnostics_interval=1``."""
+    import torch
+
+    from rkmeta_rl.logger import read_progress
+    from rkmeta_rl.supervised.config import MetaTrainConfig
+    from rkmeta_rl.supervised.fewshot_problem import FewShotProblem
+    from rkmeta_rl.supervised.trainer import MetaTrainer
+
+    gpu_check = load_script("gpu_check")
+
+    def train(interval: int, name: str) -> tuple[MetaTrainer, list[dict[str, float]]]:
+        problem = FewShotProblem("omniglot", gpu_check._random_split(12, 6, 0), gpu_check._random_split(6, 6, 1),
+                                 ways=3, shots=1, queries=2, filters=6, pool="stride")
+        config = MetaTrainConfig(iterations=6, meta_batch_size=4, inner_lr=0.4, log_interval=3, eval_interval=0,
+                                 checkpoint_interval=100, diagnostics_interval=interval)
+        model = MetaTrainer(problem, config, logdir=str(tmp_path / name))
+        seen: list[dict[str, float]] = []
+        model.learn(callback=lambda m, stats: seen.append(dict(stats)) or True)
+        return model, seen
+
+    every, seen_every = train(1, "every")
+    third, seen_third = train(3, "third")
+    for a, b in zip(every.params.values(), third.params.values()):
+        assert torch.equal(a, b)
+    extra = {"train/query_loss_pre", "train/support_loss_post"}
+    for it, st in enumerate(seen_third, start=1):
+        assert (extra <= set(st)) == (it % 3 == 0), it
+        assert st["train/query_loss_post"] == seen_every[it - 1]["train/query_loss_post"]
+    header, rows = read_progress(str(tmp_path / "third" / "progress.csv"))
+    col = {k: header.index(k) for k in ("train/query_loss_pre", "train/support_loss_pre")}
+    for row, last in zip(rows, (3, 6)):
+        assert float(row[col["train/query_loss_pre"]]) == pytest.approx(seen_third[last - 1]["train/query_loss_pre"])
+        mean = sum(s["train/support_loss_pre"] for s in seen_third[last - 3:last]) / 3
+        assert float(row[col["train/support_loss_pre"]]) == pytest.approx(mean)
+    with pytest.raises(ValueError, match="diagnostics_interval"):
+        MetaTrainConfig(diagnostics_interval=0).validate()

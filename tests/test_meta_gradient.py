@@ -296,3 +296,6 @@ def test_post_adaptation_stats_of_a_four_stage_method(theta, path) -> None:
         post = theta - alpha * grad_flat(lambda u, d0=d0: support_loss(unflat(u), d0), theta)
         ref.append(float(query_loss(unflat(post), d1)))
     assert stats["query_loss_post"] == pytest.approx(sum(ref) / 3, rel=1e-12)
+    _, cheap = meta_gradient(unflat(theta), support_loss, query_loss, ps, "rk4", 0.1, path=path, stats=False)
+    assert set(cheap) == {"support_loss_pre", "query_loss_post", "num_tasks"}  # no extra forward passes
+    assert cheap["query_loss_post"] == stats["query_loss_post"]

@@ -64,6 +64,8 @@ FIELD_HELP: dict[str, str] = {
     "eval_chunk": "tasks adapted at once at evaluation (memory bound)",
     "train_chunk": ("tasks per meta-gradient program in training (memory bound; default: all, or the analytic "
                     "path's own chunks for large tasks)"),
+    "diagnostics_interval": ("iterations between the forward-only diagnostics query_loss_pre and "
+                             "support_loss_post (two more forward passes per task; 1: every iteration)"),
     "dataset": "omniglot | miniimagenet",
     "ways": "classes per episode",
     "shots": "support images per class",

@@ -292,7 +292,8 @@ class BaseMetaAlgorithm(ABC):
                    desc=f"{type(self).__name__}[{self.config.method}]", unit="it", mininterval=1.0,
                    dynamic_ncols=True)
         acc: dict[str, float] = {}
-        n_acc, t_log, it_log = 0, time.perf_counter(), self.num_iterations
+        counts: dict[str, int] = {}  # per key: a statistic may come from some iterations only
+        t_log, it_log = time.perf_counter(), self.num_iterations
         start = time.perf_counter() - self.elapsed
         try:
             with StopSignals() as signals:
@@ -303,17 +304,17 @@ class BaseMetaAlgorithm(ABC):
                     self._check_finite(stats, it)
                     for k, v in stats.items():
                         acc[k] = acc.get(k, 0.0) + v
-                    n_acc += 1
+                        counts[k] = counts.get(k, 0) + 1
                     dump = it % self.config.log_interval == 0 or it == target
                     if dump:
                         now = time.perf_counter()
                         for k, v in acc.items():
-                            self.logger.record(k, v / n_acc)
+                            self.logger.record(k, v / counts[k])
                         self.logger.record(ITERATION_KEY, it)
                         self.logger.record("time/elapsed_s", self.elapsed)
                         self.logger.record("time/it_per_s", (it - it_log) / max(now - t_log, 1e-9))
                         self._log_extra(it)
-                        acc, n_acc, t_log, it_log = {}, 0, now, it
+                        acc, counts, t_log, it_log = {}, {}, now, it
                     cb.update_locals({"stats": stats, "iteration": it})
                     go_on = cb.on_step()
                     if dump:

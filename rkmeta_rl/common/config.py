@@ -5,9 +5,9 @@ Every algorithm has one dataclass (:class:`~rkmeta_rl.supervised.config.MetaTrai
 :class:`~rkmeta_rl.rl.config.MetaTRPOConfig`, ...) deriving from :class:`BaseConfig`; checkpoints store the whole
 config (:meth:`BaseConfig.to_dict`). A resumed or loaded run compares every field with the checkpoint's
 (:meth:`BaseConfig.check_resume`) and refuses any difference, naming the field and both values, except the fields
-of :attr:`BaseConfig.MAY_CHANGE`: the run length, the time budget, logging / evaluation / checkpoint intervals and
-evaluation sizes, the device, threads and worker counts, the tasks per training program (``train_chunk``), and
-whether the meta-gradient is compiled. These change
+of :attr:`BaseConfig.MAY_CHANGE`: the run length, the time budget, logging / evaluation / checkpoint / diagnostics
+intervals and evaluation sizes, the device, threads and worker counts, the tasks per training program
+(``train_chunk``), and whether the meta-gradient is compiled. These change
 how long or where a run trains and what it reports, never what a training step computes (the device and compiling
 change it only by floating-point rounding).
 """
@@ -29,6 +29,7 @@ __all__ = ["BaseConfig", "validate_method", "MAY_CHANGE_ON_RESUME"]
 MAY_CHANGE_ON_RESUME: frozenset[str] = frozenset({
     "iterations", "time_budget_min", "log_interval", "eval_interval", "checkpoint_interval", "eval_tasks",
     "final_eval_tasks", "eval_chunk", "train_chunk", "device", "threads", "num_workers", "compile",
+    "diagnostics_interval",
 })
 
 STEP_RULES = ("tableau", "fixed")

@@ -176,5 +176,7 @@ def _analytic_chunk(plan: _Plan, params: Params, support_loss: Any, query_loss: 
             out["query_pre"] = qry.value(theta, dq)
             out["support_post"] = sup.value(cur, d0)
             out["query_post"] = lq if plan.stages == 2 else qry.value(cur, dq)
+        elif plan.stages == 2:  # computed anyway
+            out["query_post"] = lq
         grads = {k: (_task_mean(g[k]) if k in g else torch.zeros_like(params[k])) for k in names}
     return grads, out
