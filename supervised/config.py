@@ -34,8 +34,9 @@ class MetaTrainConfig(BaseConfig):
             memory bound; None: all tasks at once, except on the analytic path, which then chunks large tasks by
             itself, ``rkmeta_rl.rk.analytic.default_chunk``). The result is the same to rounding.
         diagnostics_interval: the forward-only diagnostics ``train/query_loss_pre`` and
-            ``train/support_loss_post`` (two more forward passes per task: 12 % of a few-shot conv4 iteration at
-            1 query image per class, 22 % at 15) are computed on every this-many-th iteration and logged as the
+            ``train/support_loss_post`` (two more forward passes per task: 12-14 % of a few-shot conv4 iteration on
+            the analytic path at 1 query image per class, 22-37 % at 15; ``scripts/bench_fewshot.py --diagnostics
+            both``) are computed on every this-many-th iteration and logged as the
             mean of those; the losses the meta-gradient computes anyway (``support_loss_pre``, and
             ``query_loss_post`` for two-stage methods) every iteration. 1 (default): every iteration. The
             meta-gradient does not depend on it. On a compiled program (an MLP, ``compile``) each setting is its

@@ -517,8 +517,9 @@ def meta_gradient(
             products, one- and two-stage methods, :mod:`rkmeta_rl.rk.analytic`) or ``"auto"`` (see
             :func:`choose_path`).
         stats: also compute the forward-only diagnostics: the query loss before and the support loss after
-            adaptation (two more forward passes per task: 12 % of a few-shot conv4 meta-iteration at 1 query per
-            class, 22 % at 15, on the analytic path), and for one-stage methods the query loss after it.
+            adaptation (two more forward passes per task: 12-14 % of a few-shot conv4 meta-iteration at 1 query
+            per class, 22-37 % at 15, on the analytic path; ``scripts/bench_fewshot.py --diagnostics both``), and
+            for one-stage methods the query loss after it.
             ``False``: only the losses the meta-gradient computes anyway.
         chunk_size: optional vmap chunk size (memory bound on large meta-batches); on the batched path the tasks
             per program (default all tasks at once, the fastest measured); on the analytic path likewise, with
