@@ -291,7 +291,7 @@ def _paper_fewshot(dev: str, problem: Any | None = None, **settings: Any) -> Any
                                  shots=c.shots, queries=c.queries, filters=c.filters, pool=c.pool)
     return _trainer(problem, method="midpoint", meta_batch_size=c.meta_batch_size, inner_lr=c.inner_lr,
                     inner_steps=c.inner_steps, test_inner_steps=c.test_inner_steps, meta_lr=c.meta_lr,
-                    diagnostics_interval=c.diagnostics_interval, **{"device": dev, **settings})
+                    **{"device": dev, **settings})
 
 
 def section_fewshot(dev: str, args: argparse.Namespace, budget: Budget) -> dict[str, Any]:

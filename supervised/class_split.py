@@ -104,10 +104,14 @@ class ClassSplit:
             ``float32 [len(idx), C, H, W]`` in [0, 1], rotated by the class's quarter turns.
         """
         base, r = divmod(int(c), len(self.rotations))
-        rows = self.members[base][torch.as_tensor(np.asarray(idx, dtype=np.int64))]
-        x = self.images[rows].permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
-        turns = self.rotations[r]
-        return torch.rot90(x, turns, dims=(2, 3)).contiguous() if turns else x.contiguous()
+        return self.images_at(self.members[base][torch.as_tensor(np.asarray(idx, dtype=np.int64))], self.rotations[r])
+
+    def images_at(self, rows: torch.Tensor, turns: int) -> torch.Tensor:
+        """Rows ``rows`` (``int64 [n]``) of :attr:`images` as contiguous ``float32 [n, C, H, W]`` in [0, 1], turned
+        by ``turns`` quarter turns counter-clockwise: one gather, one turned copy with the conversion, one scaling."""
+        x = self.images[rows].permute(0, 3, 1, 2)
+        x = torch.rot90(x, turns, dims=(2, 3)) if turns else x
+        return x.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
 
     def subset(self, base_classes: Sequence[int] | np.ndarray, rotations: tuple[int, ...] | None = None
                ) -> "ClassSplit":

@@ -36,10 +36,12 @@ class MetaTrainConfig(BaseConfig):
         diagnostics_interval: the forward-only diagnostics ``train/query_loss_pre`` and
             ``train/support_loss_post`` (two more forward passes per task: 12-14 % of a few-shot conv4 iteration on
             the analytic path at 1 query image per class, 22-37 % at 15; ``scripts/bench_fewshot.py --diagnostics
-            both``) are computed on every this-many-th iteration and logged as the mean of those; the losses the
-            meta-gradient computes anyway (``support_loss_pre``, and ``query_loss_post`` for two-stage methods)
-            every iteration. 1 (default): every iteration. The meta-gradient does not depend on it. On a
-            compiled program (an MLP, ``compile``) each setting is its own compiled program: keep 1 there.
+            both``), and for one-stage methods such as euler ``train/query_loss_post`` (their adaptation and
+            query pass are diagnostics too), are computed on every this-many-th iteration and logged as the mean
+            of those; the losses the meta-gradient computes anyway (``support_loss_pre``, and
+            ``query_loss_post`` for methods with a second stage) every iteration. 1 (default): every iteration.
+            The meta-gradient does not depend on it. On a compiled program (an MLP, ``compile``) each setting is
+            its own compiled program: keep 1 there.
     """
 
     method: str = "midpoint"

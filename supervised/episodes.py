@@ -112,9 +112,7 @@ class EpisodeSampler:
         out = torch.empty(src.size, *split.image_shape, dtype=torch.float32)
         for r in np.unique(src_turns):  # images gathered, turned, converted and placed once per rotation
             at = np.flatnonzero(src_turns == r)
-            x = split.images[torch.from_numpy(src[at])].permute(0, 3, 1, 2)
-            x = torch.rot90(x, int(r), dims=(2, 3)) if r else x
-            x = x.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+            x = split.images_at(torch.from_numpy(src[at]), int(r))
             out = x if at.size == src.size else out.index_copy_(0, torch.from_numpy(at), x)
         xs, xq = out[:t_ * n * k].view(t_, n * k, *out.shape[1:]), out[t_ * n * k:].view(t_, n * q, *out.shape[1:])
         ys, yq = torch.from_numpy(labels[ti, ps // k]), torch.from_numpy(labels[ti, pq // q])

@@ -174,8 +174,8 @@ class MetaTrainer(BaseMetaAlgorithm):
 
     def train_iteration(self) -> dict[str, float]:
         """One meta-iteration: sample tasks, RK meta-gradient, Adam step. Returns ``train/*`` statistics (the
-        forward-only diagnostics ``query_loss_pre`` and ``support_loss_post`` on every
-        ``config.diagnostics_interval``-th iteration only).
+        forward-only diagnostics ``query_loss_pre`` and ``support_loss_post``, and for one-stage methods
+        ``query_loss_post``, on every ``config.diagnostics_interval``-th iteration only).
 
         Raises :class:`NonFiniteError` before the Adam step when a loss or the gradient is not finite (the
         parameters stay the last good ones). Under data parallelism this rank samples ``local_batch_size``

@@ -181,13 +181,17 @@ def test_analytic_meta_gradient_equals_the_loop_reference(kw: dict) -> None:
 
 @pytest.mark.parametrize("path", ["loop", "vmap", "batched", "analytic"])
 @pytest.mark.parametrize("method", ["midpoint", "euler"])
-def test_without_diagnostics_the_same_gradient_and_the_losses_computed_anyway(path: str, method: str) -> None:
+@pytest.mark.parametrize("extra", [{}, {"first_order": True, "chunk_size": 2}], ids=["plain", "first-order-chunks"])
+def test_without_diagnostics_the_same_gradient_and_the_losses_computed_anyway(path: str, method: str,
+                                                                               extra: dict) -> None:
     """``stats=False``: the same meta-gradient (bit for bit), the support loss before adaptation and, with a
     second stage, the query loss after it, equal to those of ``stats=True``; no forward-only diagnostics."""
     params, data = _problem()
     losses = conv4_losses("stride")
-    full_g, full = meta_gradient(params, *losses, data, method, 0.4, 2, path=path)
-    g, st = meta_gradient(params, *losses, data, method, 0.4, 2, path=path, stats=False)
+    if path == "loop":
+        extra = {k: v for k, v in extra.items() if k != "chunk_size"}  # the loop takes no chunks
+    full_g, full = meta_gradient(params, *losses, data, method, 0.4, 2, path=path, **extra)
+    g, st = meta_gradient(params, *losses, data, method, 0.4, 2, path=path, stats=False, **extra)
     assert all(torch.equal(g[k], full_g[k]) for k in params)
     kept = {"support_loss_pre", "num_tasks"} | ({"query_loss_post"} if method == "midpoint" else set())
     assert set(st) == kept and set(full) >= kept | {"query_loss_pre", "support_loss_post", "query_loss_post"}

@@ -96,9 +96,10 @@ def test_train_chunk_bounds_memory_and_keeps_the_meta_gradient(monkeypatch: pyte
 
 
 def test_diagnostics_every_nth_iteration_log_their_mean_and_train_the_same(tmp_path) -> None:
-    """``diagnostics_interval=3``: the two forward-only diagnostics on iterations 3 and 6 only, logged as the mean
-    over the iterations that have them; the losses the meta-gradient computes anyway every iteration, logged as
-    the mean over all; the parameters after training bit for bit those of ``diagnostics_interval=1``."""
+    """``diagnostics_interval=4`` over 10 iterations logged every 8: the two forward-only diagnostics on iterations
+    4 and 8 only, the first log row holding their mean, the last row (iterations 9-10) none; the losses the
+    meta-gradient computes anyway every iteration, logged as the mean over all; the parameters after training bit
+    for bit those of ``diagnostics_interval=1``. A one-stage method's query loss after adaptation is a diagnostic."""
     import torch
 
     from rkmeta_rl.logger import read_progress
@@ -108,29 +109,37 @@ def test_diagnostics_every_nth_iteration_log_their_mean_and_train_the_same(tmp_p
 
     gpu_check = load_script("gpu_check")
 
-    def train(interval: int, name: str) -> tuple[MetaTrainer, list[dict[str, float]]]:
+    def make(interval: int, name: str, method: str = "midpoint") -> MetaTrainer:
         problem = FewShotProblem("omniglot", gpu_check._random_split(12, 6, 0), gpu_check._random_split(6, 6, 1),
                                  ways=3, shots=1, queries=2, filters=6, pool="stride")
-        config = MetaTrainConfig(iterations=6, meta_batch_size=4, inner_lr=0.4, log_interval=3, eval_interval=0,
-                                 checkpoint_interval=100, diagnostics_interval=interval)
-        model = MetaTrainer(problem, config, logdir=str(tmp_path / name))
+        config = MetaTrainConfig(method=method, iterations=10, meta_batch_size=4, inner_lr=0.4, log_interval=8,
+                                 eval_interval=0, checkpoint_interval=100, diagnostics_interval=interval)
+        return MetaTrainer(problem, config, logdir=str(tmp_path / name))
+
+    def train(model: MetaTrainer) -> list[dict[str, float]]:
         seen: list[dict[str, float]] = []
         model.learn(callback=lambda m, stats: seen.append(dict(stats)) or True)
-        return model, seen
+        return seen
 
-    every, seen_every = train(1, "every")
-    third, seen_third = train(3, "third")
-    for a, b in zip(every.params.values(), third.params.values()):
+    every, fourth = make(1, "every"), make(4, "fourth")
+    seen_every, seen = train(every), train(fourth)
+    for a, b in zip(every.params.values(), fourth.params.values()):
         assert torch.equal(a, b)
     extra = {"train/query_loss_pre", "train/support_loss_post"}
-    for it, st in enumerate(seen_third, start=1):
-        assert (extra <= set(st)) == (it % 3 == 0), it
+    for it, st in enumerate(seen, start=1):
+        assert extra <= set(st) if it % 4 == 0 else not extra & set(st), it
         assert st["train/query_loss_post"] == seen_every[it - 1]["train/query_loss_post"]
-    header, rows = read_progress(str(tmp_path / "third" / "progress.csv"))
-    col = {k: header.index(k) for k in ("train/query_loss_pre", "train/support_loss_pre")}
-    for row, last in zip(rows, (3, 6)):
-        assert float(row[col["train/query_loss_pre"]]) == pytest.approx(seen_third[last - 1]["train/query_loss_pre"])
-        mean = sum(s["train/support_loss_pre"] for s in seen_third[last - 3:last]) / 3
-        assert float(row[col["train/support_loss_pre"]]) == pytest.approx(mean)
+    header, rows = read_progress(str(tmp_path / "fourth" / "progress.csv"))
+    col = {k: header.index(k) for k in ("train/query_loss_pre", "train/support_loss_pre", "time/iterations")}
+    assert [row[col["time/iterations"]] for row in rows] == ["8", "10"]
+    mean_pre = (seen[3]["train/query_loss_pre"] + seen[7]["train/query_loss_pre"]) / 2
+    assert float(rows[0][col["train/query_loss_pre"]]) == pytest.approx(mean_pre, rel=1e-6)
+    assert rows[1][col["train/query_loss_pre"]] == ""  # no diagnostics in iterations 9-10
+    mean_support = sum(st["train/support_loss_pre"] for st in seen[:8]) / 8
+    assert float(rows[0][col["train/support_loss_pre"]]) == pytest.approx(mean_support, rel=1e-6)
+
+    euler = make(2, "euler", method="euler")
+    first, second = euler.train_iteration(), euler.train_iteration()
+    assert "train/query_loss_post" not in first and "train/query_loss_post" in second
     with pytest.raises(ValueError, match="diagnostics_interval"):
         MetaTrainConfig(diagnostics_interval=0).validate()

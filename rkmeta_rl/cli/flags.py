@@ -65,7 +65,8 @@ FIELD_HELP: dict[str, str] = {
     "train_chunk": ("tasks per meta-gradient program in training (memory bound; default: all, or the analytic "
                     "path's own chunks for large tasks)"),
     "diagnostics_interval": ("iterations between the forward-only diagnostics query_loss_pre and "
-                             "support_loss_post (two more forward passes per task; 1: every iteration)"),
+                             "support_loss_post (and, for one-stage methods such as euler, query_loss_post): "
+                             "extra forward passes per task; 1: every iteration"),
     "dataset": "omniglot | miniimagenet",
     "ways": "classes per episode",
     "shots": "support images per class",
